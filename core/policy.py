@@ -1,0 +1,436 @@
+"""The reranker: a cross-encoder scorer plus a STOP head (dynamic k).
+
+``Reranker`` is both the inference object users drop into their pipelines and the
+policy that RRPO trains. Scoring a query's candidates yields one score and one pooled
+hidden state per (query, passage) pair; greedy decoding, sampling and log-probabilities
+all work from those two tensors (see :mod:`rrpo.plackett_luce`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ._version import __version__
+from .models import best_device, resolve_reranker
+from .plackett_luce import StopHead, greedy_k, sample_picks, selection_limit, step_log_probs
+from .tokenize import PairTokenizer
+from .types import Candidate, Selection, as_candidates
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "rrpo_config.json"
+STOP_HEAD_FILE = "rrpo_stop_head.safetensors"
+FORMAT_VERSION = 1
+# Encoders pool the first token; decoder-style rerankers pool the last real token.
+FIRST_TOKEN_MODEL_TYPES = {
+    "bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2", "distilbert",
+    "modernbert", "camembert", "albert", "mpnet", "new", "nomic_bert", "xlm", "ernie",
+}  # fmt: skip
+
+
+@dataclass
+class RerankerSettings:
+    """rrpo's own settings, saved as ``rrpo_config.json`` beside the weights."""
+
+    max_length: int = 512
+    max_k: int = 10  # normaliser of the step feature; also the default cap when sampling
+    batch_size: int = 64
+    pooling: str = "first"  # "first" (encoders) or "last" (decoder rerankers)
+    include_title: bool = True
+    stop_inner_size: int = 64
+    stop_init_bias: float = 0.0
+    version: str = ""
+    base_model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Scored:
+    """Scores and pooled states of one query's candidates (tensors on the model's device)."""
+
+    scores: torch.Tensor  # (n,) float32
+    hidden: torch.Tensor  # (n, H)
+
+
+class Reranker(nn.Module):
+    """Cross-encoder reranker whose STOP head decides how many candidates to keep."""
+
+    def __init__(
+        self,
+        scorer: nn.Module,
+        tokenizer: Any,
+        settings: RerankerSettings | None = None,
+        stop_head: StopHead | None = None,
+        name_or_path: str = "",
+    ):
+        super().__init__()
+        self.scorer = scorer
+        self.tokenizer = tokenizer
+        self.settings = settings or RerankerSettings()
+        hidden_size = int(scorer.config.hidden_size)
+        self.stop_head = stop_head or StopHead(
+            hidden_size, self.settings.stop_inner_size, self.settings.stop_init_bias
+        )
+        self.name_or_path = name_or_path
+        model_max = getattr(scorer.config, "max_position_embeddings", None) or self.settings.max_length
+        self.pairs = PairTokenizer(tokenizer, min(self.settings.max_length, int(model_max)))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._accepts_token_types = "token_type_ids" in _forward_arg_names(scorer)
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path = "minilm-l6",
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+    ) -> "Reranker":
+        """Load a cross-encoder (local dir, packaged alias like ``"minilm-l6"``, or hub id).
+
+        A plain encoder (e.g. all-MiniLM-L6-v2) gets a fresh one-logit head, initialised
+        from ``seed`` so the same call always gives the same model. Weights load as
+        safetensors only; remote code runs only with ``trust_remote_code=True``.
+        ``device=None`` picks CUDA when present; ``dtype=None`` means bf16 on CUDA, fp32
+        elsewhere.
+        """
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        resolved = resolve_reranker(name_or_path)
+        path = resolved.path
+        device = best_device(device)
+        torch_dtype = _pick_dtype(dtype, device)
+        settings = _read_settings(path) if resolved.is_local else None
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
+        kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+        if not is_classifier:
+            kwargs["num_labels"] = 1
+            logger.info("%s is a plain encoder: adding a fresh one-logit head (seed %d)", path, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            scorer = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if settings is None:
+            settings = RerankerSettings(
+                pooling="first" if config.model_type in FIRST_TOKEN_MODEL_TYPES else "last",
+                version=resolved.alias or str(name_or_path),
+                base_model=resolved.alias or str(name_or_path),
+            )
+        if max_length is not None:
+            settings.max_length = max_length
+        stop_head = None
+        if resolved.is_local and (Path(path) / STOP_HEAD_FILE).is_file():
+            stop_head = _load_stop_head(Path(path), scorer.config.hidden_size, settings)
+        model = cls(scorer, tokenizer, settings, stop_head, name_or_path=resolved.alias or str(name_or_path))
+        model.scorer.to(dtype=torch_dtype)
+        model.eval()
+        return model.to(device)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save as a plain Hugging Face directory (safetensors) + rrpo's STOP head and settings."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.scorer.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.stop_head.state_dict().items()}
+        save_file(state, str(directory / STOP_HEAD_FILE))
+        self.settings.version = f"{directory.name}-{uuid.uuid4().hex[:8]}"
+        payload = {"rrpo_format": FORMAT_VERSION, "rrpo_version": __version__, **asdict(self.settings)}
+        tmp = directory / (SETTINGS_FILE + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(directory / SETTINGS_FILE)  # atomic: a crash never leaves half a config
+        return directory
+
+    @property
+    def version(self) -> str:
+        """A short id of these weights, for feedback records and reports."""
+        return self.settings.version or self.name_or_path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.scorer.parameters()).device
+
+    # ------------------------------------------------------------------ scoring
+    def _doc_text(self, candidate: Candidate) -> str:
+        if self.settings.include_title and candidate.title:
+            return f"{candidate.title}: {candidate.text}"
+        return candidate.text
+
+    def _check(self, query: Any, candidates: Sequence[Candidate | str]) -> list[Candidate]:
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("query is empty")
+        cands = as_candidates(candidates)
+        for i, c in enumerate(cands):
+            if not isinstance(c.text, str):
+                raise TypeError(f"candidate {i} text must be a str, got {type(c.text).__name__}")
+        return cands
+
+    def _forward(self, input_ids: list[list[int]], types: list[list[int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One padded batch through the scorer -> (scores (B,), pooled (B, H))."""
+        device = self.device
+        width = max(len(ids) for ids in input_ids)
+        pad = self.tokenizer.pad_token_id or 0
+        ids_t = torch.full((len(input_ids), width), pad, dtype=torch.long)
+        mask_t = torch.zeros((len(input_ids), width), dtype=torch.long)
+        types_t = torch.zeros((len(input_ids), width), dtype=torch.long)
+        for row, (ids, tt) in enumerate(zip(input_ids, types)):
+            ids_t[row, : len(ids)] = torch.as_tensor(ids)
+            mask_t[row, : len(ids)] = 1
+            if tt is not None:
+                types_t[row, : len(tt)] = torch.as_tensor(tt)
+        inputs = {"input_ids": ids_t.to(device), "attention_mask": mask_t.to(device)}
+        if self._accepts_token_types:
+            inputs["token_type_ids"] = types_t.to(device)
+        out = self.scorer(**inputs, output_hidden_states=True)
+        last = out.hidden_states[-1]
+        if self.settings.pooling == "first":
+            pooled = last[:, 0]
+        else:
+            pooled = last[torch.arange(len(input_ids), device=device), mask_t.sum(1).to(device) - 1]
+        return _logits_to_scores(out.logits), pooled
+
+    def score_pairs(
+        self, queries: Sequence[str], candidate_lists: Sequence[Sequence[Candidate]], batch_size: int | None = None
+    ) -> list[Scored]:
+        """Scores and pooled states for many queries at once (no inference_mode: callers
+        decide; training calls this with gradients on).
+
+        Pairs from all queries are sorted by length and cut into batches, so padding is
+        small and many short queries share one forward pass.
+        """
+        batch_size = batch_size or self.settings.batch_size
+        pairs: list[tuple[int, int, list[int], list[int] | None]] = []
+        for qi, (query, cands) in enumerate(zip(queries, candidate_lists)):
+            keys = [(c.id, self._doc_text(c)) for c in cands]
+            for ci, (ids, tt) in enumerate(self.pairs.encode_pairs(query, keys)):
+                pairs.append((qi, ci, ids, tt))
+        pairs.sort(key=lambda p: len(p[2]), reverse=True)
+        scores = [torch.empty(len(c), device=self.device) for c in candidate_lists]
+        hidden_size = int(self.scorer.config.hidden_size)
+        hidden = [torch.empty(len(c), hidden_size, device=self.device) for c in candidate_lists]
+        score_parts: list[torch.Tensor] = []
+        hidden_parts: list[torch.Tensor] = []
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            s, h = self._forward([p[2] for p in batch], [p[3] for p in batch])
+            score_parts.append(s)
+            hidden_parts.append(h)
+        if not pairs:
+            return [Scored(s, h) for s, h in zip(scores, hidden)]
+        all_scores = torch.cat(score_parts)
+        all_hidden = torch.cat(hidden_parts)
+        # Scatter back to (query, candidate) order; index_put keeps gradients flowing.
+        by_query: dict[int, list[tuple[int, int]]] = {}
+        for row, (qi, ci, _, _) in enumerate(pairs):
+            by_query.setdefault(qi, []).append((ci, row))
+        out: list[Scored] = []
+        for qi, cands in enumerate(candidate_lists):
+            if not cands:
+                out.append(Scored(scores[qi], hidden[qi]))
+                continue
+            entries = sorted(by_query[qi])
+            rows = torch.as_tensor([row for _, row in entries], device=self.device)
+            out.append(Scored(all_scores[rows], all_hidden[rows]))
+        return out
+
+    @torch.inference_mode()
+    def score(self, query: str, candidates: Sequence[Candidate | str]) -> list[float]:
+        """Relevance scores of the candidates (higher = better), in input order."""
+        cands = self._check(query, candidates)
+        return self.score_pairs([query], [cands])[0].scores.float().tolist()
+
+    # ------------------------------------------------------------------ decisions
+    def _limits(self, n: int, top_n: int | None, min_k: int) -> tuple[int, int | None]:
+        if min_k < 0:
+            raise ValueError(f"min_k must be >= 0, got {min_k}")
+        if top_n is not None and top_n < min_k:
+            raise ValueError(f"top_n ({top_n}) must be >= min_k ({min_k})")
+        return min(min_k, n), top_n
+
+    @torch.inference_mode()
+    def rerank(
+        self,
+        query: str,
+        candidates: Sequence[Candidate | str],
+        top_n: int | None = None,
+        min_k: int = 1,
+        dynamic_k: bool = True,
+    ) -> Selection:
+        """Greedy ranking; keeps candidates until STOP wins (within [min_k, top_n]).
+
+        With ``dynamic_k=False`` it keeps exactly ``top_n`` (all when ``top_n`` is None).
+        """
+        return self.rerank_batch([query], [candidates], top_n=top_n, min_k=min_k, dynamic_k=dynamic_k)[0]
+
+    @torch.inference_mode()
+    def rerank_batch(
+        self,
+        queries: Sequence[str],
+        candidate_lists: Sequence[Sequence[Candidate | str]],
+        top_n: int | None = None,
+        min_k: int = 1,
+        dynamic_k: bool = True,
+        batch_size: int | None = None,
+    ) -> list[Selection]:
+        """:meth:`rerank` for many queries, scored together in length-sorted batches."""
+        if len(queries) != len(candidate_lists):
+            raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
+        checked = [self._check(q, c) for q, c in zip(queries, candidate_lists)]
+        scored = self.score_pairs(list(queries), checked, batch_size)
+        return [self._greedy(s, top_n, min_k, dynamic_k) for s in scored]
+
+    def _greedy(self, scored: Scored, top_n: int | None, min_k: int, dynamic_k: bool) -> Selection:
+        n = scored.scores.shape[0]
+        min_k, top_n = self._limits(n, top_n, min_k)
+        scores = scored.scores.float()
+        order = torch.argsort(scores, descending=True, stable=True)
+        limit = selection_limit(n, top_n)
+        if dynamic_k:
+            k = greedy_k(scores, scored.hidden, self.stop_head, order, min_k=min_k, max_k=top_n, norm_k=self.settings.max_k)
+        else:
+            k = limit
+        return Selection(order=order.tolist(), k=k, scores=scores.tolist(), stopped=k < limit)
+
+    def sample(
+        self,
+        query: str,
+        candidates: Sequence[Candidate | str],
+        n: int,
+        generator: torch.Generator | None = None,
+        top_n: int | None = None,
+        min_k: int = 1,
+    ) -> list[Selection]:
+        """Draw ``n`` selections from the Plackett-Luce-with-stop policy.
+
+        ``top_n`` caps k (default: the reranker's ``max_k`` setting). Each selection's
+        ``log_prob`` is filled in.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        cands = self._check(query, candidates)
+        with torch.no_grad():
+            scored = self.score_pairs([query], [cands])[0]
+        return self.sample_scored(scored, n, generator=generator, top_n=top_n, min_k=min_k)
+
+    @torch.no_grad()
+    def sample_scored(
+        self, scored: Scored, n: int, generator: torch.Generator | None = None, top_n: int | None = None, min_k: int = 1
+    ) -> list[Selection]:
+        """:meth:`sample` from already computed scores (the trainer scores many queries at once)."""
+        size = scored.scores.shape[0]
+        top_n = self.settings.max_k if top_n is None else top_n
+        min_k, top_n = self._limits(size, top_n, min_k)
+        picks = sample_picks(
+            scored.scores, scored.hidden, self.stop_head, n,
+            min_k=min_k, max_k=top_n, norm_k=self.settings.max_k, generator=generator,
+        )  # fmt: skip
+        logp = step_log_probs(
+            scored.scores, scored.hidden, self.stop_head, picks, min_k=min_k, max_k=top_n, norm_k=self.settings.max_k
+        ).total()
+        scores = scored.scores.float().tolist()
+        limit = selection_limit(size, top_n)
+        return [
+            Selection(
+                order=_complete_order(p, scores), k=len(p), scores=scores, log_prob=float(lp), stopped=len(p) < limit
+            )
+            for p, lp in zip(picks, logp)
+        ]
+
+    def log_prob(
+        self,
+        query: str,
+        candidates: Sequence[Candidate | str],
+        selections: Sequence[Selection],
+        top_n: int | None = None,
+        min_k: int = 1,
+    ) -> torch.Tensor:
+        """Differentiable log-probabilities (one per selection) of the kept prefixes and
+        their stop decisions under the current policy."""
+        cands = self._check(query, candidates)
+        scored = self.score_pairs([query], [cands])[0]
+        return self.step_log_probs(scored, selections, top_n=top_n, min_k=min_k).total()
+
+    def step_log_probs(self, scored: Scored, selections: Sequence[Selection], top_n: int | None = None, min_k: int = 1):
+        """Per-step log-probabilities (:class:`rrpo.plackett_luce.StepLogProbs`) of selections."""
+        size = scored.scores.shape[0]
+        top_n = self.settings.max_k if top_n is None else top_n
+        min_k, top_n = self._limits(size, top_n, min_k)
+        limit = selection_limit(size, top_n)
+        for i, sel in enumerate(selections):
+            if sel.k < min_k and sel.k != limit:
+                raise ValueError(f"selection {i} keeps {sel.k} < min_k ({min_k}) candidates")
+            if sel.k > limit:
+                raise ValueError(f"selection {i} keeps {sel.k} > the limit ({limit}) candidates")
+        return step_log_probs(
+            scored.scores, scored.hidden, self.stop_head, [s.kept for s in selections],
+            min_k=min_k, max_k=top_n, norm_k=self.settings.max_k,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- helpers
+def _complete_order(picks: list[int], scores: list[float]) -> list[int]:
+    chosen = set(picks)
+    rest = sorted((i for i in range(len(scores)) if i not in chosen), key=lambda i: -scores[i])
+    return list(picks) + rest
+
+
+def _logits_to_scores(logits: torch.Tensor) -> torch.Tensor:
+    if logits.shape[-1] == 1:
+        return logits[:, 0].float()
+    if logits.shape[-1] == 2:  # (not relevant, relevant) classifiers
+        return (logits[:, 1] - logits[:, 0]).float()
+    raise ValueError(f"a cross-encoder needs 1 or 2 output logits, this one has {logits.shape[-1]}")
+
+
+def _forward_arg_names(module: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters)
+
+
+def _pick_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        return value
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def _read_settings(path: str) -> RerankerSettings | None:
+    file = Path(path) / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text())
+    fmt = data.pop("rrpo_format", None)
+    data.pop("rrpo_version", None)
+    if fmt != FORMAT_VERSION:
+        raise ValueError(f"{file}: unsupported rrpo_format {fmt!r} (this rrpo reads {FORMAT_VERSION})")
+    known = RerankerSettings.__dataclass_fields__
+    return RerankerSettings(**{k: v for k, v in data.items() if k in known})
+
+
+def _load_stop_head(path: Path, hidden_size: int, settings: RerankerSettings) -> StopHead:
+    from safetensors.torch import load_file
+
+    head = StopHead(hidden_size, settings.stop_inner_size, settings.stop_init_bias)
+    head.load_state_dict(load_file(str(path / STOP_HEAD_FILE)))
+    return head
