@@ -30,9 +30,13 @@ class StopHead(nn.Module):
 
     Features (no extra encoder pass): the mean pooled state of the selected pairs, the
     mean pooled state of all candidates (this carries the query), the best remaining
-    score, and the step as a fraction of ``max_k``. The last layer starts at zero, so a
-    fresh head gives every step the same logit ``init_bias``.
+    score, and the step as a fraction of ``max_k``; plus a learned bias per step (steps
+    past ``MAX_STEP_BIAS`` share the last one), so a preference for a length is cheap to
+    learn while the MLP carries what depends on the query. The last layer and the step
+    biases start at zero, so a fresh head gives every step the same logit ``init_bias``.
     """
+
+    MAX_STEP_BIAS = 32
 
     def __init__(self, hidden_size: int, inner_size: int = 64, init_bias: float = 0.0):
         super().__init__()
@@ -40,6 +44,7 @@ class StopHead(nn.Module):
         self.inner_size = inner_size
         self.proj = nn.Linear(2 * hidden_size + 2, inner_size)
         self.out = nn.Linear(inner_size, 1)
+        self.step_bias = nn.Parameter(torch.zeros(self.MAX_STEP_BIAS + 1))
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, init_bias)
 
@@ -49,12 +54,14 @@ class StopHead(nn.Module):
         all_mean: torch.Tensor,  # (..., H)
         best_remaining: torch.Tensor,  # (...)
         step_fraction: torch.Tensor,  # (...)
+        step: torch.Tensor,  # (...) long: picks made so far
     ) -> torch.Tensor:
         features = torch.cat(
             [selected_mean, all_mean, best_remaining.unsqueeze(-1), step_fraction.unsqueeze(-1)], dim=-1
         )
         dtype = self.proj.weight.dtype
-        return self.out(torch.tanh(self.proj(features.to(dtype)))).squeeze(-1).float()
+        logit = self.out(torch.tanh(self.proj(features.to(dtype)))).squeeze(-1).float()
+        return logit + self.step_bias[step.clamp(max=self.MAX_STEP_BIAS)].float()
 
 
 @dataclass
@@ -85,9 +92,9 @@ def _stop_features(hidden: torch.Tensor, before: torch.Tensor, scores: torch.Ten
     remaining_scores = scores.masked_fill(before.bool(), NEG_INF)  # (G, L, n)
     best = remaining_scores.max(-1).values
     best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
-    steps = torch.arange(before.shape[1], device=scores.device, dtype=torch.float32)
-    fraction = (steps / max(norm_k, 1)).expand(before.shape[0], -1)
-    return selected_mean, all_mean, best, fraction
+    steps = before.sum(-1).long()  # (G, L): picks made before each step
+    fraction = steps.float() / max(norm_k, 1)
+    return selected_mean, all_mean, best, fraction, steps
 
 
 def step_log_probs(
@@ -121,8 +128,7 @@ def step_log_probs(
     onehot[valid] = torch.nn.functional.one_hot(pick_index[valid], n).float()
     before = onehot.cumsum(1) - onehot  # picked strictly before step t
 
-    selected_mean, all_mean, best, fraction = _stop_features(hidden, before, scores, norm_k)
-    stop_logit = stop_head(selected_mean, all_mean, best, fraction)  # (G, L)
+    stop_logit = stop_head(*_stop_features(hidden, before, scores, norm_k))  # (G, L)
 
     steps = torch.arange(limit, device=device)
     stop_allowed = (steps >= min_k).expand(G, -1)
@@ -159,9 +165,7 @@ def sample_picks(
     before = torch.zeros(num, 1, n, device=device)
     done = torch.zeros(num, dtype=torch.bool, device=device)
     for t in range(limit):
-        selected_mean, all_mean, best, _ = _stop_features(hidden, before, scores, norm_k)
-        fraction = torch.full((num, 1), t / max(norm_k, 1), device=device)
-        stop_logit = stop_head(selected_mean, all_mean, best, fraction)[:, 0]
+        stop_logit = stop_head(*_stop_features(hidden, before, scores, norm_k))[:, 0]
         if t < min_k:
             stop_logit = torch.full_like(stop_logit, NEG_INF)
         logits = torch.cat([scores.masked_fill(before[:, 0].bool(), NEG_INF), stop_logit[:, None]], -1)
@@ -190,21 +194,25 @@ def greedy_k(
 ) -> int:
     """How many of ``order`` (candidates sorted by score) greedy decoding keeps.
 
-    Greedy Plackett-Luce always picks the best remaining candidate, so the selected sets
-    are prefixes of the sorted order; all stop logits come from one batched head call and
-    greedy stops at the first step where STOP beats the best remaining score.
+    At each step greedy takes the more probable of the two decisions, stop or go on:
+    it stops once ``P(stop) > P(pick any remaining)``, i.e. once the STOP logit beats
+    the log-sum-exp of the remaining scores; when it goes on it takes the best remaining
+    candidate, so the kept sets are prefixes of the sorted order. All stop logits come
+    from one batched head call.
     """
     n = scores.shape[0]
     limit = selection_limit(n, max_k)
     if limit <= min_k:
         return limit
+    scores = scores.float()
     prefix = torch.zeros(1, limit, n, device=scores.device)
     for t in range(1, limit):
         prefix[0, t] = prefix[0, t - 1]
         prefix[0, t, order[t - 1]] = 1.0
-    selected_mean, all_mean, best, fraction = _stop_features(hidden, prefix, scores.float(), norm_k)
-    stop_logit = stop_head(selected_mean, all_mean, best, fraction)[0]
+    stop_logit = stop_head(*_stop_features(hidden, prefix, scores, norm_k))[0]
+    sorted_scores = scores[order]
+    remaining_lse = torch.logcumsumexp(sorted_scores.flip(0), 0).flip(0)  # lse of order[t:]
     for t in range(min_k, limit):
-        if stop_logit[t] > best[0, t]:
+        if stop_logit[t] > remaining_lse[t]:
             return t
     return limit

@@ -130,9 +130,12 @@ class Reranker(nn.Module):
             )
         if max_length is not None:
             settings.max_length = max_length
-        stop_head = None
         if resolved.is_local and (Path(path) / STOP_HEAD_FILE).is_file():
             stop_head = _load_stop_head(Path(path), scorer.config.hidden_size, settings)
+        else:  # a fresh head, seeded like the fresh scoring head: same call, same model
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                stop_head = StopHead(scorer.config.hidden_size, settings.stop_inner_size, settings.stop_init_bias)
         model = cls(scorer, tokenizer, settings, stop_head, name_or_path=resolved.alias or str(name_or_path))
         model.scorer.to(dtype=torch_dtype)
         model.eval()

@@ -137,5 +137,5 @@ class FeedbackRecord:
         """The record as a training example (no gold answers: rewards come from a
         judge or the user's rating, passed through ``metadata``)."""
         meta = dict(self.metadata)
-        meta.update(record_id=self.id, rating=self.rating, answer=self.answer)
+        meta.update(record_id=self.id, rating=self.rating, answer=self.answer, kept_ids=list(self.kept_ids))
         return Example(id=self.id, query=self.query, candidates=list(self.candidates), metadata=meta)

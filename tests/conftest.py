@@ -50,6 +50,7 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
+        initializer_range=0.2,  # wide enough that random candidates get distinct scores
         num_labels=1,
         architectures=["BertForSequenceClassification"],
     )

@@ -107,10 +107,11 @@ def test_log_prob_gradients_reach_the_encoder(tiny_cross_encoder_dir):
 
 
 # ---------------------------------------------------------------- greedy decoding
-def test_greedy_stops_where_stop_beats_the_best_remaining():
+def test_greedy_stops_where_stop_beats_going_on():
     scores = torch.tensor([5.0, -3.0, 4.0, -4.0])
     order = torch.argsort(scores, descending=True)
-    head = constant_stop_head(4, 0.0)  # u = 0: beats -3 once the two positives are taken
+    # u = 0 beats log(e^-3 + e^-4) = -2.7 once the two positives are taken, not before
+    head = constant_stop_head(4, 0.0)
     hidden = torch.zeros(4, 4)
     assert greedy_k(scores, hidden, head, order, min_k=1, max_k=None, norm_k=10) == 2
     assert greedy_k(scores, hidden, head, order, min_k=3, max_k=None, norm_k=10) == 3

@@ -1,0 +1,534 @@
+"""Side-by-side evaluation of rerankers with one reader on the same questions.
+
+For every :class:`RerankerSpec` the evaluation selects passages per question, builds the
+reader prompt (the same ``rrpo.prompts.build_prompt`` training uses), and records per
+question: answer EM / token F1 / contains-answer of the generated answer, the best
+gold-answer log-likelihood, gold recall of the kept passages and nDCG@10 of the full
+order (where gold flags exist), k, context words and rerank latency. Means, the k
+distribution, reader calls and paired-bootstrap differences to a baseline make up the
+:class:`EvalReport`, which prints as Markdown and saves as JSON and PNG.
+
+Two reserved reference rows: ``RerankerSpec.none()`` (retrieval order) and
+``RerankerSpec.oracle()`` (the gold passages only, where gold flags exist).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .types import Candidate, Example
+
+__all__ = [
+    "EvalReport",
+    "EvalRow",
+    "RerankerSpec",
+    "evaluate",
+    "gold_recall",
+    "ndcg_at_k",
+    "paired_bootstrap",
+    "percentile",
+]
+
+NONE = "none"
+ORACLE = "oracle"
+
+# Per-question metrics, in table order; "higher is better" for all but words/k/latency.
+METRICS = ("em", "f1", "contains", "loglik", "recall", "recall3", "ndcg10", "k", "words", "latency_ms")
+# Metrics whose differences to the baseline get bootstrap intervals.
+DIFF_METRICS = ("em", "f1", "contains", "loglik", "recall", "recall3", "ndcg10", "k", "words")
+
+
+# ------------------------------------------------------------- metrics ---
+
+
+def gold_recall(kept: Sequence[int], gold: Sequence[bool] | None) -> float | None:
+    """Share of the gold passages among the kept ones; None without gold flags or
+    when no candidate is gold (nothing to recall)."""
+    if gold is None:
+        return None
+    total = sum(1 for g in gold if g)
+    if total == 0:
+        return None
+    return sum(1 for i in kept if gold[i]) / total
+
+
+def ndcg_at_k(order: Sequence[int], gold: Sequence[bool] | None, k: int = 10) -> float | None:
+    """Binary-gain nDCG@k of a ranking (candidate indices, best first)."""
+    if gold is None:
+        return None
+    total = sum(1 for g in gold if g)
+    if total == 0:
+        return None
+    dcg = sum(1.0 / math.log2(rank + 2) for rank, i in enumerate(order[:k]) if gold[i])
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(total, k)))
+    return dcg / ideal
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in [0, 100]); None for no values."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    pos = (len(values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def paired_bootstrap(
+    a: Sequence[float | None], b: Sequence[float | None], n: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over questions with a 95% paired-bootstrap interval.
+
+    Questions where either value is None are left out. Returns ``(mean_diff, lo, hi)``;
+    all NaN when no pair is left.
+    """
+    import numpy as np
+
+    if len(a) != len(b):
+        raise ValueError(f"paired_bootstrap needs equal lengths, got {len(a)} and {len(b)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    diffs = np.array([x - y for x, y in zip(a, b) if x is not None and y is not None], dtype=float)
+    if diffs.size == 0:
+        return (math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    chunk = max(1, 2_000_000 // diffs.size)  # bounds memory for large question sets
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        idx = rng.integers(0, diffs.size, size=(stop - start, diffs.size))
+        means[start:stop] = diffs[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return (float(diffs.mean()), float(lo), float(hi))
+
+
+# --------------------------------------------------------------- specs ---
+
+
+@dataclass
+class RerankerSpec:
+    """One row of the comparison.
+
+    ``reranker`` None means retrieval order (name ``"none"``), or the gold passages only
+    when the name is ``"oracle"``. ``top_n`` is k for fixed k and the most passages kept
+    for dynamic k; ``min_k`` the fewest.
+    """
+
+    name: str
+    reranker: Any = None  # rrpo.Reranker | None; Any keeps torch out of this import
+    top_n: int = 3
+    min_k: int = 1
+    dynamic_k: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1:
+            raise ValueError(f"reranker {self.name!r}: top_n must be >= 1, got {self.top_n}")
+        if not 0 <= self.min_k <= self.top_n:
+            raise ValueError(
+                f"reranker {self.name!r}: min_k must be between 0 and top_n={self.top_n}, "
+                f"got {self.min_k}"
+            )
+        if self.reranker is None and self.dynamic_k:
+            raise ValueError(f"reranker {self.name!r}: dynamic k needs a reranker")
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.reranker is None and self.name == ORACLE
+
+    @classmethod
+    def none(cls, top_n: int = 3) -> "RerankerSpec":
+        """Retrieval order, first ``top_n`` passages."""
+        return cls(name=NONE, top_n=top_n)
+
+    @classmethod
+    def oracle(cls) -> "RerankerSpec":
+        """The gold passages only (needs gold flags)."""
+        return cls(name=ORACLE)
+
+
+@dataclass
+class _Choice:
+    """What one spec kept for one question."""
+
+    order: list[int]
+    kept: list[int]
+    latency_ms: float | None
+
+
+def _choose(spec: RerankerSpec, example: Example) -> _Choice:
+    n = len(example.candidates)
+    if spec.is_oracle:
+        if example.gold is None:
+            raise ValueError(f"the oracle row needs gold flags; example {example.id!r} has none")
+        gold = [i for i in range(n) if example.gold[i]]
+        rest = [i for i in range(n) if not example.gold[i]]
+        return _Choice(order=gold + rest, kept=gold, latency_ms=None)
+    if spec.reranker is None:
+        order = list(range(n))
+        return _Choice(order=order, kept=order[: spec.top_n], latency_ms=None)
+    # One query per call, timed: the latency a live pipeline sees for one query
+    # (batching queries would measure throughput instead).
+    start = time.perf_counter()
+    selection = spec.reranker.rerank(
+        example.query,
+        example.candidates,
+        top_n=spec.top_n,
+        min_k=spec.min_k,
+        dynamic_k=spec.dynamic_k,
+    )
+    latency = (time.perf_counter() - start) * 1000.0
+    return _Choice(order=list(selection.order), kept=list(selection.kept), latency_ms=latency)
+
+
+# -------------------------------------------------------------- report ---
+
+
+@dataclass
+class EvalRow:
+    """Results of one reranker spec: means, k distribution, costs, per-question values."""
+
+    name: str
+    n: int
+    means: dict[str, float | None]
+    k_distribution: dict[int, int]
+    reader_calls: int
+    cache_hits: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    per_question: dict[str, list[float | None]] = field(default_factory=dict)
+    predictions: list[str] = field(default_factory=list)
+    # metric -> (mean difference to the baseline, 95% low, 95% high)
+    diffs: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, metric: str) -> float | None:
+        return self.means.get(metric)
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * scale:.{digits}f}"
+
+
+def _fmt_diff(diff: tuple[float, float, float] | None, scale: float, digits: int) -> str:
+    if diff is None or math.isnan(diff[0]):
+        return "–"
+    d, lo, hi = (x * scale for x in diff)
+    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+@dataclass
+class EvalReport:
+    """All rows of one evaluation, plus how it was run."""
+
+    rows: list[EvalRow]
+    question_ids: list[str]
+    reader: str
+    max_words: int
+    baseline: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, name: str) -> EvalRow:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no row named {name!r}; rows: {', '.join(r.name for r in self.rows)}")
+
+    def to_markdown(self) -> str:
+        head = (
+            "| reranker | EM | F1 | contains | log-lik | gold recall | recall@3 | nDCG@10 | mean k | k dist "
+            "| words | reader calls | rerank ms p50/p95 |"
+        )
+        lines = [
+            f"{len(self.question_ids)} questions, reader {self.reader}, passages cut to "
+            f"{self.max_words} words. EM / F1 / contains / recall / nDCG in %; gold recall is of "
+            "the kept passages, recall@3 of the first 3 in the order (both over questions "
+            "with a gold passage among the candidates).",
+            "",
+            head,
+            "|" + "---|" * (head.count("|") - 1),
+        ]
+        for r in self.rows:
+            m = r.means
+            k_dist = " ".join(f"{k}:{c}" for k, c in sorted(r.k_distribution.items()))
+            latency = (
+                f"{_fmt(r.latency_p50_ms)}/{_fmt(r.latency_p95_ms)}" if r.latency_p50_ms is not None else "–"
+            )
+            lines.append(
+                f"| {r.name} | {_fmt(m['em'], 100)} | {_fmt(m['f1'], 100)} | {_fmt(m['contains'], 100)} "
+                f"| {_fmt(m['loglik'], 1, 2)} | {_fmt(m['recall'], 100)} | {_fmt(m['recall3'], 100)} | {_fmt(m['ndcg10'], 100)} "
+                f"| {_fmt(m['k'], 1, 2)} | {k_dist} | {_fmt(m['words'], 1, 0)} | {r.reader_calls} "
+                f"| {latency} |"
+            )
+        if self.baseline is not None:
+            lines += self._diff_table()
+        return "\n".join(lines) + "\n"
+
+    def _diff_table(self) -> list[str]:
+        lines = [
+            "",
+            f"Difference to `{self.baseline}`, mean over questions [95% paired bootstrap interval]:",
+            "",
+            "| reranker | ΔF1 | ΔEM | Δcontains | Δlog-lik | Δgold recall | Δwords |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            if r.name == self.baseline:
+                continue
+            d = r.diffs
+            lines.append(
+                f"| {r.name} | {_fmt_diff(d.get('f1'), 100, 1)} | {_fmt_diff(d.get('em'), 100, 1)} "
+                f"| {_fmt_diff(d.get('contains'), 100, 1)} | {_fmt_diff(d.get('loglik'), 1, 2)} "
+                f"| {_fmt_diff(d.get('recall'), 100, 1)} | {_fmt_diff(d.get('words'), 1, 0)} |"
+            )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reader": self.reader,
+            "max_words": self.max_words,
+            "baseline": self.baseline,
+            "n_questions": len(self.question_ids),
+            "question_ids": self.question_ids,
+            "info": self.info,
+            "rows": [
+                {**asdict(r), "k_distribution": {str(k): c for k, c in r.k_distribution.items()}}
+                for r in self.rows
+            ],
+        }
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # NaN (an empty bootstrap) is not JSON; write null instead.
+        text = json.dumps(_nan_to_none(self.to_dict()), indent=2, ensure_ascii=False)
+        path.write_text(text + "\n", encoding="utf-8")
+        return path
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """PNG: F1 against context words (left) and gold-answer log-lik against words
+        (right), one labelled point per reranker."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("plotting needs matplotlib: pip install rrpo[eval]") from None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        panels = (("f1", 100.0, "answer F1 (%)"), ("loglik", 1.0, "gold-answer log-likelihood"))
+        for ax, (metric, scale, label) in zip(axes, panels):
+            for r in self.rows:
+                x, y = r.means.get("words"), r.means.get(metric)
+                if x is None or y is None:
+                    continue
+                ax.scatter([x], [y * scale], s=40)
+                ax.annotate(r.name, (x, y * scale), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.set_xlabel("context words per question (mean)")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+        fig.suptitle(f"{len(self.question_ids)} questions, reader {self.reader}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------- evaluation ---
+
+
+def _cached(reader: Any) -> Any:
+    from .readers import CachedReader
+
+    return reader if isinstance(reader, CachedReader) else CachedReader(reader)
+
+
+def _counter(reader: Any, name: str) -> int:
+    return int(getattr(reader, name, 0) or 0)
+
+
+def _best_logliks(reader: Any, prompts: list[str], answers: list[list[str]]) -> list[float | None]:
+    """Best gold-answer log-likelihood per prompt, in one batched reader call."""
+    flat_prompts, flat_targets, owner = [], [], []
+    for i, (prompt, golds) in enumerate(zip(prompts, answers)):
+        for gold in golds:
+            flat_prompts.append(prompt)
+            flat_targets.append(gold)
+            owner.append(i)
+    best: list[float | None] = [None] * len(prompts)
+    if not flat_prompts:
+        return best
+    for i, value in zip(owner, reader.loglik(flat_prompts, flat_targets)):
+        if value is not None and (best[i] is None or value > best[i]):
+            best[i] = float(value)
+    return best
+
+
+def _answer_scores(prediction: str, golds: list[str]) -> tuple[float | None, float | None, float | None]:
+    from .rewards import contains_score, exact_match_score, f1_score
+
+    if not golds:
+        return None, None, None
+    return (
+        float(exact_match_score(prediction, golds)),
+        float(f1_score(prediction, golds)),
+        float(contains_score(prediction, golds)),
+    )
+
+
+def _evaluate_batch(
+    spec: RerankerSpec, batch: list[Example], reader: Any, max_words: int
+) -> tuple[dict[str, list[float | None]], list[str]]:
+    from .prompts import build_prompt, context_words
+
+    choices = [_choose(spec, ex) for ex in batch]
+    kept_lists: list[list[Candidate]] = [
+        [ex.candidates[i] for i in choice.kept] for ex, choice in zip(batch, choices)
+    ]
+    prompts = [build_prompt(ex.query, kept, max_words) for ex, kept in zip(batch, kept_lists)]
+    predictions = list(reader.generate(prompts))
+    logliks = _best_logliks(reader, prompts, [ex.answers for ex in batch])
+    values: dict[str, list[float | None]] = {m: [] for m in METRICS}
+    for ex, choice, kept, pred, ll in zip(batch, choices, kept_lists, predictions, logliks):
+        em, f1, contains = _answer_scores(pred, ex.answers)
+        values["em"].append(em)
+        values["f1"].append(f1)
+        values["contains"].append(contains)
+        values["loglik"].append(ll)
+        values["recall"].append(gold_recall(choice.kept, ex.gold))
+        # recall@3 of the order, whatever k was kept: compares orders at equal depth
+        values["recall3"].append(gold_recall(choice.order[:3], ex.gold))
+        values["ndcg10"].append(ndcg_at_k(choice.order, ex.gold, 10))
+        values["k"].append(float(len(choice.kept)))
+        values["words"].append(float(context_words(kept, max_words)))
+        values["latency_ms"].append(choice.latency_ms)
+    return values, predictions
+
+
+def _evaluate_spec(
+    spec: RerankerSpec,
+    examples: list[Example],
+    reader: Any,
+    max_words: int,
+    batch_size: int,
+    progress: bool,
+) -> EvalRow:
+    from tqdm.auto import tqdm
+
+    calls_before, hits_before = _counter(reader, "calls"), _counter(reader, "hits")
+    per_question: dict[str, list[float | None]] = {m: [] for m in METRICS}
+    predictions: list[str] = []
+    with tqdm(total=len(examples), desc=f"eval {spec.name}", disable=not progress, leave=False) as bar:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            values, preds = _evaluate_batch(spec, batch, reader, max_words)
+            for metric in METRICS:
+                per_question[metric].extend(values[metric])
+            predictions.extend(preds)
+            bar.update(len(batch))
+    k_distribution: dict[int, int] = {}
+    for k in per_question["k"]:
+        k_distribution[int(k)] = k_distribution.get(int(k), 0) + 1
+    latencies = [v for v in per_question["latency_ms"] if v is not None]
+    return EvalRow(
+        name=spec.name,
+        n=len(examples),
+        means={m: _mean(per_question[m]) for m in METRICS},
+        k_distribution=dict(sorted(k_distribution.items())),
+        reader_calls=_counter(reader, "calls") - calls_before,
+        cache_hits=_counter(reader, "hits") - hits_before,
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
+        per_question=per_question,
+        predictions=predictions,
+        settings={
+            "top_n": None if spec.is_oracle else spec.top_n,
+            "min_k": spec.min_k,
+            "dynamic_k": spec.dynamic_k,
+            "reranker": getattr(spec.reranker, "name_or_path", None),
+        },
+    )
+
+
+def _check_specs(specs: Sequence[RerankerSpec], examples: Sequence[Example], baseline: str | None) -> None:
+    names = [s.name for s in specs]
+    if not specs:
+        raise ValueError("evaluate needs at least one RerankerSpec")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"reranker names must be unique; repeated: {', '.join(duplicates)}")
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not among the rerankers: {', '.join(names)}")
+    if any(s.is_oracle for s in specs):
+        missing = [ex.id for ex in examples if ex.gold is None]
+        if missing:
+            raise ValueError(
+                f"the oracle row needs gold flags; {len(missing)} examples have none "
+                f"(first: {missing[0]!r})"
+            )
+
+
+def evaluate(
+    examples: Sequence[Example],
+    specs: Sequence[RerankerSpec],
+    reader: Any,
+    max_words: int = 120,
+    baseline: str | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 16,
+) -> EvalReport:
+    """Evaluate each spec on the same examples with the same reader.
+
+    ``reader`` follows the rrpo Reader protocol; it is wrapped in a ``CachedReader``
+    (unless it is one) so identical prompts (e.g. the oracle and a reranker keeping the
+    same passages) cost one call, and ``reader_calls`` counts calls that reached it.
+    ``baseline`` names the spec the others are compared against (paired bootstrap).
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("evaluate needs at least one example")
+    _check_specs(specs, examples, baseline)
+    reader = _cached(reader)
+    rows = [_evaluate_spec(s, examples, reader, max_words, batch_size, progress) for s in specs]
+    if baseline is not None:
+        base = next(r for r in rows if r.name == baseline)
+        for row in rows:
+            if row is not base:
+                row.diffs = {
+                    m: paired_bootstrap(row.per_question[m], base.per_question[m], n_bootstrap, seed)
+                    for m in DIFF_METRICS
+                }
+    return EvalReport(
+        rows=rows,
+        question_ids=[ex.id for ex in examples],
+        reader=str(getattr(reader, "identity", type(reader).__name__)),
+        max_words=max_words,
+        baseline=baseline,
+        info={"n_bootstrap": n_bootstrap, "seed": seed},
+    )

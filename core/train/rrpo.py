@@ -1,0 +1,509 @@
+"""The RRPO trainer: PPO on Plackett-Luce-with-stop rankings, rewarded by the reader.
+
+One optimisation step, phase by phase (each a short method below):
+
+1. ``rollout``: score a batch of queries once, draw G selections per query (the STOP
+   action decides k), keep their per-step log-probs under the rollout policy and the
+   frozen reference.
+2. ``rewards``: the reader scores the contexts. The quality of a prefix of t passages
+   is ``Q(t) = reward(first t passages) - context_cost * words(first t passages)``;
+   ``per_prefix`` mode asks for every prefix (dense credit), ``terminal`` only for the
+   kept set. The cached reader makes shared prefixes free.
+3. ``advantages``: the reference-anchored deterministic baseline. The frozen reference
+   reranker's greedy prefixes give a quality curve ``Q_ref(0..limit)`` per query
+   (computed once, cached). The value of a state with t passages is the gain the
+   reference still makes from t to its best length, ``V(t) = C - Q_ref(t)`` with
+   ``C = max Q_ref``; per-prefix rewards are the telescoping gains ``Q(t+1) - Q(t)``, so
+   the return equals the final quality and the policy gradient is unchanged, only its
+   variance drops. GAE(gamma, lambda) over the steps, normalised over the batch.
+   ``baseline="group"`` uses the leave-one-out mean of the group's final qualities.
+4. ``loss``: PPO-clip on the per-step log-probs against the rollout policy, plus
+   beta * KL to the reference (the k3 estimator on the sampled actions).
+5. ``step``: clip gradients, AdamW, linear schedule; metrics to ``metrics.jsonl``;
+   checkpoints that ``resume`` restores exactly.
+
+The policy stays in eval mode (no dropout) while training: the PPO ratio compares the
+same function at rollout and update time, and dropout would make it noisy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..plackett_luce import greedy_k, selection_limit
+from ..policy import Reranker, Scored
+from ..types import Candidate, Example, Selection
+from . import common
+from .config import RRPOConfig, config_to_dict
+
+logger = logging.getLogger(__name__)
+
+CURVE_KEYS = ("reward_mean", "mean_k", "greedy_k", "kl", "context_words")
+
+
+@dataclass
+class QueryRollout:
+    """One query's sampled selections and everything the update needs about them."""
+
+    example: Example
+    selections: list[Selection]
+    limit: int
+    old_logp: torch.Tensor  # (G, L) per-step log-probs under the rollout policy
+    ref_logp: torch.Tensor  # (G, L) under the frozen reference
+    mask: torch.Tensor  # (G, L) steps that exist
+    qualities: list[dict[int, float | None]] = field(default_factory=list)  # per sample: {t: Q(t)}
+    advantages: torch.Tensor | None = None  # (G, L)
+    greedy_k: int = 0
+
+
+class RRPOTrainer:
+    """Train a :class:`~rrpo.Reranker` so its kept passages maximise reader quality."""
+
+    def __init__(
+        self,
+        policy: Reranker,
+        reader: Any,
+        examples: Sequence[Example],
+        config: RRPOConfig | None = None,
+        reward: str | Callable | None = None,
+        resume: bool = False,
+    ):
+        from ..cache import CachedReader
+        from ..rewards import get_reward
+
+        self.config = (config or RRPOConfig()).validate()
+        self.examples = _check_examples(examples)
+        self.reward_fn = get_reward(reward or self.config.reward)
+        self.reader = reader if isinstance(reader, CachedReader) else CachedReader(reader)
+        self.out_dir = Path(self.config.out_dir)
+        self.rank, self.world = _distributed_rank()
+        self.device = torch.device(_pick_device(self.config.device, self.rank))
+
+        self.policy = policy.to(self.device)
+        common.to_float32(self.policy)
+        # The reference is the reranker as it starts: frozen, and the anchor of KL and baseline.
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self.config.lora:
+            _apply_lora(self.policy, self.config)
+        self.policy.eval()
+
+        self.optimizer = common.make_optimizer(
+            self.policy, self.config.learning_rate, self.config.stop_head_lr, self.config.weight_decay
+        )
+        self.scheduler = common.linear_schedule(self.optimizer, self.config.warmup_steps, self.config.max_steps)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.step = 0
+        self.epoch = 0
+        self.position = 0  # index into this epoch's shuffled order
+        self._order = self._epoch_order(0)
+        self._reference_curves: dict[str, list[float | None] | None] = {}
+        self._ref_orders: dict[str, list[int]] = {}  # the reference's greedy order per query
+        self.metrics = common.MetricsLog(self.out_dir / "metrics.jsonl", resume=resume)
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> Reranker:
+        """Run to ``max_steps``; returns the trained policy (also saved to ``out_dir/model``)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self._write_config()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="rrpo", disable=not cfg.progress or self.rank != 0)
+        while self.step < cfg.max_steps:
+            row = self.train_step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", k=f"{row['mean_k']:.2f}", kl=f"{row['kl']:.4f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.save_checkpoint()
+        self.save_final()
+        return self.policy
+
+    def train_step(self) -> dict[str, Any]:
+        timer = common.Throughput()
+        calls_before, hits_before, misses_before = self.reader.calls, self.reader.hits, self.reader.misses
+        batch = self._next_batch()
+        rollouts = self.rollout(batch)
+        self.rewards(rollouts)
+        self.advantages(rollouts)
+        stats = self.update(rollouts)
+        self.step += 1
+        requested = (self.reader.hits - hits_before) + (self.reader.misses - misses_before)
+        row = {
+            "step": self.step,
+            **self._rollout_stats(rollouts),
+            **stats,
+            "reader_calls": self.reader.calls - calls_before,
+            "reader_calls_per_query": (self.reader.calls - calls_before) / max(1, len(batch)),
+            "cache_hit_rate": (self.reader.hits - hits_before) / requested if requested else 0.0,
+            "queries_per_s": timer.rate(len(batch) * self.world),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        if self.rank == 0:
+            self.metrics.write(row)
+        return row
+
+    # ------------------------------------------------------------------ 1. rollout
+    def rollout(self, batch: list[Example]) -> list[QueryRollout]:
+        cfg = self.config
+        queries = [ex.query for ex in batch]
+        cands = [ex.candidates for ex in batch]
+        with torch.no_grad(), common.autocast(self.device, cfg.bf16):
+            scored = self.policy.score_pairs(queries, cands)
+            ref_scored = self.reference.score_pairs(queries, cands)
+        out = []
+        for ex, s, rs in zip(batch, scored, ref_scored):
+            s, rs = _as_float(s), _as_float(rs)
+            selections = self.policy.sample_scored(s, cfg.group_size, self.generator, top_n=cfg.max_k, min_k=cfg.min_k)
+            logged = _logged_selection(ex, s, cfg)
+            if logged is not None:
+                selections.append(logged)  # a rated production selection joins its group
+            with torch.no_grad():
+                old = self.policy.step_log_probs(s, selections, top_n=cfg.max_k, min_k=cfg.min_k)
+                ref = self.reference.step_log_probs(rs, selections, top_n=cfg.max_k, min_k=cfg.min_k)
+            limit = selection_limit(len(ex.candidates), cfg.max_k)
+            order = torch.argsort(s.scores, descending=True, stable=True)
+            gk = greedy_k(s.scores, s.hidden, self.policy.stop_head, order, min_k=min(cfg.min_k, limit),
+                          max_k=cfg.max_k, norm_k=self.policy.settings.max_k)  # fmt: skip
+            out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk))
+            if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
+                self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
+        return out
+
+    # ------------------------------------------------------------------ 2. rewards
+    def rewards(self, rollouts: list[QueryRollout]) -> None:
+        """Fill each sample's prefix qualities and each query's reference curve, in one
+        batched reward call."""
+        cfg = self.config
+        requests: list[tuple[Example, tuple[int, ...]]] = []
+        for r in rollouts:
+            if self._reference_curves.get(r.example.id) is None:
+                order = self._ref_orders[r.example.id]
+                requests += [(r.example, tuple(order[:t])) for t in range(r.limit + 1)]
+            for sel in r.selections:
+                lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
+                requests += [(r.example, tuple(sel.kept[:t])) for t in lengths]
+        values = self._qualities(requests)
+        for r in rollouts:
+            if self._reference_curves.get(r.example.id) is None:
+                order = self._ref_orders[r.example.id]
+                self._reference_curves[r.example.id] = [
+                    values[(r.example.id, tuple(order[:t]))] for t in range(r.limit + 1)
+                ]
+            r.qualities = []
+            for sel in r.selections:
+                lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
+                r.qualities.append({t: values[(r.example.id, tuple(sel.kept[:t]))] for t in lengths})
+
+    def _qualities(self, requests: list[tuple[Example, tuple[int, ...]]]) -> dict[tuple[str, tuple[int, ...]], float | None]:
+        from ..prompts import build_prompt, context_words
+
+        cfg = self.config
+        unique = {(ex.id, idx): (ex, idx) for ex, idx in requests}
+        items = list(unique.values())
+        contexts = [[ex.candidates[i] for i in idx] for ex, idx in items]
+        raw = self.reward_fn(
+            queries=[ex.query for ex, _ in items],
+            contexts=contexts,
+            answers=[list(ex.answers) for ex, _ in items],
+            reader=self.reader,
+            prompts=[build_prompt(ex.query, ctx, cfg.max_words) for (ex, _), ctx in zip(items, contexts)],
+            rating=[_rating_for(ex, idx) for ex, idx in items],
+            metadata=[ex.metadata for ex, _ in items],
+        )
+        out = {}
+        for key, value, ctx in zip(unique, raw, contexts):
+            cost = cfg.context_cost * context_words(ctx, max_words=cfg.max_words)
+            out[key] = None if value is None else float(value) - cost
+        return out
+
+    # ------------------------------------------------------------------ 3. advantages
+    def advantages(self, rollouts: list[QueryRollout]) -> None:
+        for r in rollouts:
+            r.advantages = torch.zeros_like(r.old_logp)
+            if self.config.baseline == "group" or not _usable_curve(self._reference_curves.get(r.example.id)):
+                self._group_advantages(r)
+            else:
+                self._reference_advantages(r)
+        valid = torch.cat([r.advantages[r.mask] for r in rollouts]) if rollouts else torch.zeros(0)
+        if valid.numel() > 1:
+            mu, sigma = valid.mean(), valid.std()
+            for r in rollouts:
+                r.advantages = torch.where(r.mask, (r.advantages - mu) / (sigma + 1e-8), torch.zeros_like(r.advantages))
+
+    def _reference_advantages(self, r: QueryRollout) -> None:
+        cfg = self.config
+        curve = self._reference_curves[r.example.id]
+        allowed = [q for t, q in enumerate(curve) if q is not None and t >= min(cfg.min_k, r.limit)]
+        best = max(allowed) if allowed else 0.0
+        value = [None if q is None else best - q for q in curve]  # V(t): gain still to come
+        for g, (sel, quality) in enumerate(zip(r.selections, r.qualities)):
+            if quality.get(sel.k) is None:
+                r.mask[g] = False  # reward not applicable: this sample teaches nothing
+                continue
+            rewards, values = self._step_rewards(sel, quality, value, curve, r.limit)
+            if rewards is None:
+                r.mask[g] = False
+                continue
+            r.advantages[g, : len(rewards)] = torch.tensor(_gae(rewards, values, cfg.gamma, cfg.gae_lambda))
+
+    def _step_rewards(self, sel, quality, value, curve, limit):
+        """Per-step rewards and state values (the last value is the terminal state's, 0)."""
+        steps = sel.k + (1 if sel.k < limit else 0)  # picks, plus the stop when chosen
+        if self.config.reward_mode == "per_prefix":
+            if any(quality.get(t) is None for t in range(sel.k + 1)) or any(v is None for v in value[: steps]):
+                return None, None
+            rewards = [quality[t + 1] - quality[t] for t in range(sel.k)] + [0.0] * (steps - sel.k)
+            values = [value[t] for t in range(steps)] + [0.0]
+        else:
+            base = max((q for q in curve if q is not None), default=0.0)
+            rewards = [0.0] * (steps - 1) + [quality[sel.k]]
+            values = [base] * steps + [0.0]
+        return rewards, values
+
+    def _group_advantages(self, r: QueryRollout) -> None:
+        finals = [q.get(sel.k) for sel, q in zip(r.selections, r.qualities)]
+        for g, final in enumerate(finals):
+            others = [f for j, f in enumerate(finals) if j != g and f is not None]
+            if final is None or not others:
+                r.mask[g] = False
+                continue
+            r.advantages[g] = final - sum(others) / len(others)
+
+    # ------------------------------------------------------------------ 4./5. loss and step
+    def update(self, rollouts: list[QueryRollout]) -> dict[str, float]:
+        cfg = self.config
+        live = [r for r in rollouts if bool(r.mask.any())]
+        stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+        if not live:
+            self.scheduler.step()
+            return stats
+        for _ in range(cfg.ppo_epochs):
+            loss, kl, clip_frac = self.loss(live)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _sync_gradients(self.policy, self.world)
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            stats = {"loss": loss.item(), "kl": kl.item(), "clip_frac": clip_frac.item(), "grad_norm": norm.item()}
+        self.scheduler.step()
+        return stats
+
+    def loss(self, rollouts: list[QueryRollout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        with common.autocast(self.device, cfg.bf16):
+            scored = self.policy.score_pairs([r.example.query for r in rollouts], [r.example.candidates for r in rollouts])
+        pg_terms, kl_terms, clipped = [], [], []
+        for r, s in zip(rollouts, scored):
+            new = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k).values
+            mask = r.mask
+            ratio = torch.exp(new - r.old_logp)
+            adv = r.advantages
+            unclipped = ratio * adv
+            bounded = torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv
+            pg_terms.append(-torch.minimum(unclipped, bounded)[mask])
+            log_ratio_ref = r.ref_logp - new
+            kl_terms.append((torch.exp(log_ratio_ref) - log_ratio_ref - 1)[mask])
+            clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
+        pg = torch.cat(pg_terms).mean()
+        kl = torch.cat(kl_terms).mean()
+        return pg + cfg.kl_beta * kl, kl.detach(), torch.cat(clipped).mean()
+
+    # ------------------------------------------------------------------ data order
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        return order[self.rank :: self.world] or order  # data-parallel: each rank its shard
+
+    def _next_batch(self) -> list[Example]:
+        batch = []
+        while len(batch) < self.config.queries_per_step:
+            if self.position >= len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._epoch_order(self.epoch)
+            batch.append(self.examples[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    # ------------------------------------------------------------------ metrics, saving
+    def _rollout_stats(self, rollouts: list[QueryRollout]) -> dict[str, float]:
+        from ..prompts import context_words
+
+        finals, ks, words = [], [], []
+        for r in rollouts:
+            for sel, q in zip(r.selections, r.qualities):
+                ks.append(sel.k)
+                words.append(context_words(sel.select(r.example.candidates), max_words=self.config.max_words))
+                if q.get(sel.k) is not None:
+                    finals.append(q[sel.k])
+        adv = torch.cat([r.advantages[r.mask] for r in rollouts]) if rollouts else torch.zeros(0)
+        return {
+            "reward_mean": common.mean(finals) if finals else 0.0,
+            "reward_std": common.std(finals),
+            "mean_k": common.mean(ks),
+            "greedy_k": common.mean([r.greedy_k for r in rollouts]),
+            "context_words": common.mean(words),
+            "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+            "samples_scored": len(finals),
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": common.rng_state(self.generator),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        return common.save_checkpoint(self.out_dir, self.step, self.policy, self._state(), self._save_model)
+
+    def _resume(self) -> None:
+        checkpoint = common.latest_checkpoint(self.out_dir)
+        if checkpoint is None:
+            logger.info("no checkpoint under %s: starting from step 0", self.out_dir)
+            return
+        state = common.load_checkpoint(checkpoint, self.policy)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        common.set_rng_state(state["rng"], self.generator)
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self._order = self._epoch_order(self.epoch)
+        self.metrics.truncate_after(self.step)
+        logger.info("resumed from %s at step %d", checkpoint, self.step)
+
+    def _save_model(self, directory: Path) -> None:
+        if not self.config.lora:
+            self.policy.save_pretrained(directory)
+            return
+        merged = copy.deepcopy(self.policy)
+        merged.scorer = merged.scorer.merge_and_unload()
+        merged.save_pretrained(directory)
+
+    def save_final(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        final = self.out_dir / "model"
+        self._save_model(final)
+        common.plot_curves(self.metrics.rows, CURVE_KEYS, self.out_dir / "curves.png", "RRPO training")
+        return final
+
+    def _write_config(self) -> None:
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_examples(examples: Sequence[Example]) -> list[Example]:
+    examples = list(examples)
+    if not examples:
+        raise ValueError("examples: the training data is empty")
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, Example):
+            raise TypeError(f"examples[{i}] must be an rrpo.Example, got {type(ex).__name__}")
+        if not ex.candidates:
+            raise ValueError(f"examples[{i}] ({ex.id!r}) has no candidates")
+    return examples
+
+
+def _as_float(s: Scored) -> Scored:
+    return Scored(s.scores.float(), s.hidden.float())
+
+
+def _usable_curve(curve: list[float | None] | None) -> bool:
+    return curve is not None and all(q is not None for q in curve)
+
+
+def _gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
+    """Generalised advantage estimation; ``values`` has one more entry (the next state)."""
+    adv, running = [0.0] * len(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * values[t + 1] - values[t]
+        running = delta + gamma * lam * running
+        adv[t] = running
+    return adv
+
+
+def _rating_for(ex: Example, idx: tuple[int, ...]) -> float | None:
+    """A user's rating is about the passages that were actually shown: it applies to
+    that context only."""
+    logged = ex.metadata.get("kept_ids")
+    rating = ex.metadata.get("rating")
+    if rating is None or logged is None:
+        return None
+    return rating if [ex.candidates[i].id for i in idx] == list(logged) else None
+
+
+def _logged_selection(ex: Example, scored: Scored, cfg: RRPOConfig) -> Selection | None:
+    """The selection a live pipeline made, when the example is a rated feedback record."""
+    logged = ex.metadata.get("kept_ids")
+    if ex.metadata.get("rating") is None or not logged:
+        return None
+    index = {c.id: i for i, c in enumerate(ex.candidates)}
+    if any(i not in index for i in logged) or not cfg.min_k <= len(logged) <= cfg.max_k:
+        return None
+    kept = [index[i] for i in logged]
+    scores = scored.scores.tolist()
+    rest = sorted((i for i in range(len(scores)) if i not in set(kept)), key=lambda i: -scores[i])
+    return Selection(order=kept + rest, k=len(kept), scores=scores)
+
+
+def _apply_lora(policy: Reranker, cfg: RRPOConfig) -> None:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError("LoRA training needs peft: pip install 'rrpo[train]'") from err
+    lora = LoraConfig(task_type="SEQ_CLS", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
+    policy.scorer = get_peft_model(policy.scorer, lora)
+
+
+def _pick_device(device: str | None, rank: int) -> str:
+    from ..models import best_device
+
+    chosen = best_device(device)
+    if chosen == "cuda" and torch.cuda.device_count() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    return chosen
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """Data parallel under ``accelerate launch`` / ``torchrun``: one process per device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sync_gradients(policy: Reranker, world: int) -> None:
+    """Average gradients across processes (the policy is called through its methods,
+    not ``forward``, so DDP's hooks would not see it; an explicit all-reduce does)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for p in policy.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world

@@ -1,0 +1,219 @@
+"""The RRPO and SFT trainers on tiny models with scripted rewards.
+
+The rewards here are plain callables over the selected contexts, so each test says
+exactly what it pays for; the reader is a counting fake that the trainer wraps in its
+cache (its own tests live with the readers).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rrpo import Candidate, Example, Reranker
+from rrpo.train import RRPOConfig, RRPOTrainer, SFTConfig, SFTTrainer
+
+
+class CountingReader:
+    identity = "counting-fake"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, prompts):
+        self.calls += len(prompts)
+        return ["an answer"] * len(prompts)
+
+    def loglik(self, prompts, targets):
+        self.calls += len(prompts)
+        return [-1.0] * len(prompts)
+
+
+def make_examples(n: int = 6, size: int = 5) -> list[Example]:
+    topics = ["rivers", "castles", "painters", "bridges", "islands", "poets", "ships", "mountains"]
+    examples = []
+    for q in range(n):
+        topic = topics[q % len(topics)]
+        cands = [Candidate("X", f"The archive holds one note about {topic} and the old harbour.")]
+        cands += [Candidate(f"d{j}", f"A passage {j} about {topic}, trade and the northern road {q}.") for j in range(size - 1)]
+        examples.append(Example(id=f"q{q}", query=f"What does the archive say about {topic}?", candidates=cands,
+                                answers=["the harbour"], gold=[True] + [False] * (size - 1)))  # fmt: skip
+    return examples
+
+
+def pays_for_x_first(*, contexts, **_):
+    return [1.0 if ctx and ctx[0].id == "X" else 0.0 for ctx in contexts]
+
+
+def pays_for_two(*, contexts, **_):
+    return [1.0 if len(ctx) == 2 else 0.0 for ctx in contexts]
+
+
+def flat_reward(*, contexts, **_):
+    return [1.0 for _ in contexts]
+
+
+def config(tmp_path, **overrides) -> RRPOConfig:
+    base = dict(
+        group_size=4, queries_per_step=3, max_steps=1, max_k=4, ppo_epochs=2, learning_rate=1e-3,
+        stop_head_lr=1e-2, weight_decay=0.0, warmup_steps=0, context_cost=0.0, kl_beta=0.0,
+        checkpoint_every=0, device="cpu", progress=False, out_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    base.update(overrides)
+    return RRPOConfig(**base)
+
+
+def p_first(rr: Reranker, examples: list[Example], cand_id: str) -> float:
+    """Mean probability that ``cand_id`` is picked first (STOP is not allowed at step 0)."""
+    with torch.no_grad():
+        scored = rr.score_pairs([e.query for e in examples], [e.candidates for e in examples])
+    probs = []
+    for ex, s in zip(examples, scored):
+        idx = [c.id for c in ex.candidates].index(cand_id)
+        probs.append(torch.softmax(s.scores.float(), 0)[idx].item())
+    return sum(probs) / len(probs)
+
+
+def mean_greedy_k(rr: Reranker, examples: list[Example], max_k: int) -> float:
+    sels = rr.rerank_batch([e.query for e in examples], [e.candidates for e in examples], top_n=max_k)
+    return sum(s.k for s in sels) / len(sels)
+
+
+# ---------------------------------------------------------------- the update itself
+def test_every_trainable_parameter_changes_and_the_reference_does_not(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    before = {k: v.clone() for k, v in policy.named_parameters()}
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(), config(tmp_path), reward=pays_for_x_first)
+    ref_before = {k: v.clone() for k, v in trainer.reference.named_parameters()}
+    row = trainer.train_step()
+    unchanged = [k for k, v in policy.named_parameters() if v.requires_grad and torch.equal(v, before[k])]
+    assert unchanged == []
+    assert all(torch.equal(v, ref_before[k]) for k, v in trainer.reference.named_parameters())
+    for key in ("reward_mean", "reward_std", "mean_k", "kl", "clip_frac", "advantage_std", "reader_calls",
+                "cache_hit_rate", "context_words", "queries_per_s"):  # fmt: skip
+        assert key in row
+
+
+def test_reward_for_x_first_raises_its_probability(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    examples = make_examples(6)
+    start = p_first(policy, examples, "X")
+    RRPOTrainer(policy, CountingReader(), examples, config(tmp_path, max_steps=30), reward=pays_for_x_first).train()
+    end = p_first(policy, examples, "X")
+    assert end > start + 0.4, (start, end)
+
+
+def test_reward_for_two_passages_moves_greedy_k_to_two(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    examples = make_examples(6)
+    cfg = config(tmp_path, max_steps=40, group_size=6)
+    RRPOTrainer(policy, CountingReader(), examples, cfg, reward=pays_for_two).train()
+    sels = policy.rerank_batch([e.query for e in examples], [e.candidates for e in examples], top_n=4)
+    assert [s.k for s in sels] == [2] * len(examples)
+
+
+def test_context_cost_shrinks_k_when_the_reward_is_indifferent(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    with torch.no_grad():
+        policy.stop_head.out.bias.fill_(-2.0)  # start by keeping many passages
+    examples = make_examples(6)
+    start = mean_greedy_k(policy, examples, 4)
+    cfg = config(tmp_path, max_steps=25, context_cost=0.02)
+    RRPOTrainer(policy, CountingReader(), examples, cfg, reward=flat_reward).train()
+    end = mean_greedy_k(policy, examples, 4)
+    assert start >= 3 and end <= start - 1.5, (start, end)
+
+
+def test_terminal_and_group_modes_also_learn(tiny_cross_encoder_dir, tmp_path):
+    examples = make_examples(6)
+    for overrides in ({"reward_mode": "terminal"}, {"baseline": "group"}):
+        policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+        start = p_first(policy, examples, "X")
+        cfg = config(tmp_path / overrides.popitem()[1], max_steps=25, **overrides)
+        RRPOTrainer(policy, CountingReader(), examples, cfg, reward=pays_for_x_first).train()
+        assert p_first(policy, examples, "X") > start + 0.3
+
+
+# ---------------------------------------------------------------- outputs and resume
+def test_outputs_metrics_checkpoints_and_cache(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    reader = CountingReader()
+    cfg = config(tmp_path, max_steps=4, checkpoint_every=2, reward="gold_loglik")
+    trainer = RRPOTrainer(policy, reader, make_examples(3), cfg)
+    trainer.train()
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert (out / "model" / "rrpo_stop_head.safetensors").is_file()
+    assert (out / "curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # 3 queries, one per step... their prefixes repeat across steps: the cache answers them
+    assert rows[-1]["cache_hit_rate"] > 0 and reader.calls == trainer.reader.calls
+    assert Reranker.from_pretrained(out / "model", device="cpu").rerank("rivers?", ["a", "b"]).k >= 1
+
+
+def test_resume_after_a_kill_reaches_the_same_parameters(tiny_cross_encoder_dir, tmp_path):
+    examples = make_examples(5)
+
+    def fresh(out):
+        policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+        return policy, config(tmp_path, out_dir=str(tmp_path / out), max_steps=6, checkpoint_every=1)
+
+    policy, cfg = fresh("straight")
+    RRPOTrainer(policy, CountingReader(), examples, cfg, reward=pays_for_x_first).train()
+    straight = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+    policy, cfg = fresh("killed")
+    killed = RRPOTrainer(policy, CountingReader(), examples, cfg, reward=pays_for_x_first)
+    for _ in range(3):
+        killed.train_step()
+    killed.save_checkpoint()
+    del killed  # the process dies here; only the checkpoint survives
+
+    policy, cfg = fresh("killed")
+    resumed = RRPOTrainer(policy, CountingReader(), examples, cfg, reward=pays_for_x_first, resume=True)
+    assert resumed.step == 3
+    resumed.train()
+    for key, value in policy.state_dict().items():
+        assert torch.allclose(value, straight[key], atol=1e-6), key
+    rows = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------- bad config
+@pytest.mark.parametrize(
+    "overrides, field",
+    [({"group_size": 0}, "group_size"), ({"min_k": 4, "max_k": 2}, "min_k"), ({"reward_mode": "x"}, "reward_mode"),
+     ({"baseline": "group", "group_size": 1}, "group_size")],  # fmt: skip
+)
+def test_bad_config_fails_before_any_work(overrides, field, tmp_path):
+    with pytest.raises(ValueError, match=field):
+        RRPOTrainer(object(), CountingReader(), make_examples(), config(tmp_path, **overrides))  # type: ignore[arg-type]
+
+
+def test_empty_data_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="examples"):
+        RRPOTrainer(object(), CountingReader(), [], config(tmp_path))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- SFT
+def test_sft_raises_gold_scores_and_learns_to_stop_after_them(tiny_cross_encoder_dir, tmp_path):
+    rr = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    examples = make_examples(8)
+    start = p_first(rr, examples, "X")
+    cfg = SFTConfig(epochs=15, examples_per_step=4, learning_rate=1e-3, stop_head_lr=1e-2, device="cpu",
+                    progress=False, out_dir=str(tmp_path / "sft"), warmup_ratio=0.0)  # fmt: skip
+    SFTTrainer(rr, examples, cfg).train()
+    assert p_first(rr, examples, "X") > start + 0.4
+    assert mean_greedy_k(rr, examples, 4) == pytest.approx(1.0)  # one gold passage each: keep one
+    assert (tmp_path / "sft" / "model" / "model.safetensors").is_file()
+
+
+def test_sft_without_labels_names_the_fix(tiny_cross_encoder_dir, tmp_path):
+    rr = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    ex = make_examples(1)[0]
+    ex.gold = None
+    with pytest.raises(ValueError, match="label_fn"):
+        SFTTrainer(rr, [ex], SFTConfig(out_dir=str(tmp_path)))
