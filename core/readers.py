@@ -23,7 +23,9 @@ import inspect
 import logging
 import os
 import random
+import shutil
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 from .cache import CachedReader  # re-exported: rrpo.readers.CachedReader
@@ -121,19 +123,54 @@ def _load_causal_lm(model: str, device: str, dtype: "torch.dtype", trust_remote_
         except ImportError as exc:  # pragma: no cover - transformers is a core dependency
             raise ImportError("LocalReader needs transformers: pip install rrpo") from exc
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        path = resolved.path
         if resolved.gguf_file:
-            kwargs["gguf_file"] = resolved.gguf_file  # dequantised by transformers (needs gguf)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
-        weights_kwargs = {} if resolved.gguf_file else {"use_safetensors": True}
-        lm = AutoModelForCausalLM.from_pretrained(
-            resolved.path, dtype=dtype, **kwargs, **weights_kwargs
-        )
+            path = _dequantized_gguf_dir(Path(resolved.path) / resolved.gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
         lm.to(device).eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         _MODEL_CACHE[key] = (lm, tokenizer)
         return lm, tokenizer
+
+
+def gguf_cache_root() -> Path:
+    """Where dequantised GGUF checkpoints are kept: ``$RRPO_CACHE_DIR`` or ~/.cache/rrpo."""
+    root = os.environ.get("RRPO_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rrpo")
+    return Path(root) / "gguf"
+
+
+def _dequantized_gguf_dir(gguf: Path) -> Path:
+    """A safetensors copy of a GGUF checkpoint, made once and reused.
+
+    transformers dequantises GGUF tensors in Python (tens of seconds for SmolLM2 on a
+    small CPU), in every process that loads it; the test suite, the examples and the
+    demo each start fresh processes. The first load writes the dequantised weights as a
+    plain safetensors directory keyed by the file's name, size and mtime; later loads
+    read that in a second or two. Written under a temporary name and renamed, so a
+    crash never leaves a half-written copy behind.
+    """
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf.stat()
+    target = gguf_cache_root() / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lm.config.save_pretrained(tmp)
+    lm.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_model(lm, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
 
 
 class LocalReader:

@@ -217,3 +217,55 @@ def test_sft_without_labels_names_the_fix(tiny_cross_encoder_dir, tmp_path):
     ex.gold = None
     with pytest.raises(ValueError, match="label_fn"):
         SFTTrainer(rr, [ex], SFTConfig(out_dir=str(tmp_path)))
+
+
+KILLED_RUN = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from test_train import CountingReader, config, make_examples, pays_for_x_first
+from rrpo import Reranker
+from rrpo.train import RRPOTrainer
+from pathlib import Path
+
+def slow_reward(**kw):
+    time.sleep(0.3)  # a reader takes time: the kill lands mid-step or mid-save
+    return pays_for_x_first(**kw)
+
+policy = Reranker.from_pretrained(sys.argv[2], device="cpu")
+cfg = config(Path(sys.argv[3]), out_dir=sys.argv[3], max_steps=6, checkpoint_every=1)
+RRPOTrainer(policy, CountingReader(), make_examples(5), cfg, reward=slow_reward).train()
+"""
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tiny_cross_encoder_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    examples = make_examples(5)
+    straight = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    cfg = config(tmp_path, out_dir=str(tmp_path / "straight"), max_steps=6, checkpoint_every=1)
+    RRPOTrainer(straight, CountingReader(), examples, cfg, reward=pays_for_x_first).train()
+
+    out = tmp_path / "killed"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(Path(__file__).parent), str(tiny_cross_encoder_dir), str(out)]
+    )
+    deadline = time.time() + 300
+    while not (out / "checkpoint-3").is_dir() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    cfg = config(tmp_path, out_dir=str(out), max_steps=6, checkpoint_every=1)
+    resumed = RRPOTrainer(policy, CountingReader(), examples, cfg, reward=pays_for_x_first, resume=True)
+    assert 3 <= resumed.step < 6
+    resumed.train()
+    for key, value in policy.state_dict().items():
+        assert torch.allclose(value, straight.state_dict()[key], atol=1e-6), key
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

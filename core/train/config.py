@@ -47,7 +47,7 @@ class RRPOConfig:
     lora: bool = _f(False, "train LoRA adapters (peft) instead of the full cross-encoder")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
-    checkpoint_every: int = _f(50, "save a resumable checkpoint every N steps (0 = only at the end)")
+    checkpoint_every: int = _f(50, "save a resumable checkpoint every N steps (0 = only the final one)")
     seed: int = _f(0, "random seed (data order, sampling, initialisation)")
     device: str | None = _f(None, "cpu, cuda, cuda:1, mps; default: the best available")
     bf16: bool | None = _f(None, "bf16 autocast; default: on for CUDA")

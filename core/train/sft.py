@@ -115,7 +115,7 @@ class SFTTrainer:
         torch.nn.utils.clip_grad_norm_(self.reranker.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": float(loss), "bce": float(bce), "stop_nll": float(stop_nll), "lr": self.scheduler.get_last_lr()[0]}
+        return {"loss": loss.item(), "bce": bce.item(), "stop_nll": stop_nll.item(), "lr": self.scheduler.get_last_lr()[0]}
 
     def _stop_loss(self, scored, labels) -> torch.Tensor:
         """-log P(relevant passages best-first, then STOP); the scores are detached so

@@ -1,0 +1,137 @@
+"""benchmarks/speed.py end to end on the tiny cross-encoder, and the RESULTS.md writer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"rrpo_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def speed_run(tiny_cross_encoder_dir, shared_data_dir, tmp_path_factory):
+    """One tiny run of the whole benchmark, appending to a fresh RESULTS file."""
+    results = tmp_path_factory.mktemp("speed") / "RESULTS.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, str(BENCHMARKS / "speed.py"), "--model", str(tiny_cross_encoder_dir), "--device", "cpu",
+        "--pairs", "40", "--queries", "3", "--train-steps", "1", "--train-queries", "2",
+        "--data", str(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz"),
+        "--train-data", str(shared_data_dir / "hotpotqa-distractor.train.jsonl.gz"),
+        "--results", str(results), "--notes", "tiny test run",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, results
+
+
+def _rows(stdout: str, first_cell: str) -> list[list[str]]:
+    rows = []
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+def test_scores_agree_before_timing(speed_run):
+    stdout, _ = speed_run
+    match = re.search(r"max \|rrpo - sentence-transformers\| = ([0-9.e+-]+) <= 0.001: OK", stdout)
+    assert match and float(match.group(1)) <= 1e-3
+
+
+def test_throughput_table_has_both_sides(speed_run):
+    stdout, _ = speed_run
+    rows = {(r[0], r[1]): r for r in _rows_starting(stdout, ("rrpo `Reranker.score_pairs`", "sentence-transformers"))}
+    assert set(rows) == {
+        ("rrpo `Reranker.score_pairs`, cold document cache", "64"),
+        ("rrpo `Reranker.score_pairs`, warm document cache", "64"),
+        ("sentence-transformers `CrossEncoder.predict`", "32"),
+        ("sentence-transformers `CrossEncoder.predict`", "64"),
+    }
+    for row in rows.values():
+        assert row[2] == "float32"
+        assert float(row[3].replace(",", "")) > 0  # pairs/s
+        assert row[4].endswith("x")
+    # The speed-up column is relative to the better peer batch size: one peer row is 1.00x.
+    assert [r[4] for k, r in rows.items() if k[0].startswith("sentence")].count("1.00x") == 1
+
+
+def _rows_starting(stdout: str, prefixes: tuple[str, ...]) -> list[list[str]]:
+    out = []
+    for line in stdout.splitlines():
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[0].startswith(prefixes):
+                out.append(cells)
+    return out
+
+
+def test_latency_rows_for_20_and_100_candidates(speed_run):
+    stdout, _ = speed_run
+    rows = _rows(stdout, "20") + _rows(stdout, "100")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("20", "rrpo `Reranker.rerank` (dynamic k)"),
+        ("20", "sentence-transformers `CrossEncoder.rank`"),
+        ("100", "rrpo `Reranker.rerank` (dynamic k)"),
+        ("100", "sentence-transformers `CrossEncoder.rank`"),
+    ]
+    for row in rows:
+        p50, p95 = (float(x.replace(",", "")) for x in row[2:4])
+        assert 0 < p50 <= p95
+
+
+def test_training_throughput_row(speed_run):
+    stdout, _ = speed_run
+    (row,) = _rows(stdout, "rrpo `RRPOTrainer` (scripted reader, excluded)")
+    assert row[1:6] == ["4", "5", "10", "2", "1"]  # G, max_k, candidates/query, queries/step, steps
+    assert float(row[6]) > 0 and float(row[8]) > 0  # queries/s, reader calls per query
+
+
+def test_results_section_records_command_machine_and_date(speed_run):
+    stdout, results = speed_run
+    text = results.read_text()
+    assert text.startswith("# rrpo benchmark results")
+    assert text.count("## Speed:") == 1 and "on cpu" in text
+    assert re.search(r"^- command: `python \S*speed\.py --model \S+ --device cpu --pairs 40 --queries 3 ", text, re.M)
+    assert re.search(r"^- machine: CPU: .+ \(\d+ cores\), Python [\d.]+, torch \S+, GPU: ", text, re.M)
+    assert re.search(r"^- date: \d{4}-\d\d-\d\d \d\d:\d\d UTC$", text, re.M)
+    for table_line in ("### Scoring throughput: 40 pairs", "### Rerank latency: 3 queries", "### RRPO training throughput"):
+        assert table_line in text
+    assert "tiny test run" in text and "load average" in text
+    assert f"appended to {results}" in stdout
+
+
+def test_append_results_creates_header_once_and_appends(tmp_path):
+    results = _load("_results")
+    path = tmp_path / "sub" / "RESULTS.md"
+    results.append_results(path, "First", "python x.py --a", "| a |\n|---|\n| 1 |", notes="note one")
+    results.append_results(path, "Second", "python x.py --b", "| b |\n|---|\n| 2 |")
+    text = path.read_text()
+    assert text.count("# rrpo benchmark results") == 1
+    assert text.index("## First") < text.index("## Second")
+    assert "- command: `python x.py --a`" in text and "note one" in text and "| 2 |" in text
+    with pytest.raises(ValueError, match="table"):
+        results.append_results(path, "Empty", "python x.py", "  ")
+    assert results.command_line(["speed.py", "--notes", "two words"]) == "python speed.py --notes 'two words'"
+
+
+def test_percentile_matches_linear_interpolation():
+    speed = _load("speed")
+    assert speed.percentile([4.0], 95) == 4.0
+    assert speed.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert speed.percentile([3.0, 1.0, 2.0], 95) == pytest.approx(2.9)
