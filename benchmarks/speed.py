@@ -216,8 +216,9 @@ def rrpo_scores(reranker: Reranker, queries: list[str], lists: list[list[Candida
 
 
 def load_peer(directory: Path, max_length: int, device: str, dtype: torch.dtype | None = None):
-    """sentence-transformers' CrossEncoder on the same directory, returning raw logits
-    (its default for one label is a sigmoid; rrpo's scores are the logits)."""
+    """sentence-transformers' CrossEncoder on the same directory, in ``dtype`` (default
+    fp32), returning raw logits (its default for one label is a sigmoid; rrpo's scores
+    are the logits)."""
     try:
         from sentence_transformers import CrossEncoder
     except ImportError as exc:  # the benchmark needs the peer; rrpo itself does not
@@ -227,8 +228,9 @@ def load_peer(directory: Path, max_length: int, device: str, dtype: torch.dtype 
         peer = CrossEncoder(str(directory), max_length=max_length, device=device, activation_fn=identity)
     except TypeError:  # sentence-transformers < 4 calls it default_activation_function
         peer = CrossEncoder(str(directory), max_length=max_length, device=device, default_activation_function=identity)
-    if dtype is not None:
-        _peer_module(peer).to(dtype)
+    # Always cast: recent transformers load a directory in the dtype it was saved in, and
+    # rrpo saves bf16 weights when it runs in bf16; the peer's own default is fp32.
+    _peer_module(peer).to(dtype or torch.float32)
     return peer
 
 
@@ -282,7 +284,7 @@ def scoring_throughput(args: argparse.Namespace, reranker: Reranker, peers: dict
     for label, peer in peers.items():
         peer_scores(peer, flat_pairs(warm_q, warm_l), batch_size=args.batch_size)  # warm-up
         for batch in PEER_BATCH_SIZES:
-            m = measure(args.device, lambda: peer_scores(peer, pairs, batch))
+            m = measure(args.device, lambda peer=peer, batch=batch: peer_scores(peer, pairs, batch))
             rows.append(Row(f"sentence-transformers `CrossEncoder.predict`{label}", batch, _peer_dtype(peer), len(pairs) / m.seconds, m))
     best_peer = max(r.rate for r in rows if r.name.startswith("sentence"))
     header = ["scorer", "batch", "dtype", "pairs/s", "vs best peer", "peak MiB", "+MiB in phase"]
@@ -452,8 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     workload = load_workload(args.data, args.seed)
     reranker = Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length)
+    reranker.settings.batch_size = args.batch_size  # what rerank() batches by, like the peer's rank()
     dtype = next(reranker.scorer.parameters()).dtype
     sections: list[tuple[str, str]] = []
+
+    def report(title: str, table: str) -> None:
+        sections.append((title, table))
+        print(f"\n### {title}\n\n{table}", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="rrpo-speed-") as tmp:
         directory = reranker.save_pretrained(Path(tmp) / "reranker")
         peer32 = load_peer(directory, args.max_length, args.device)
@@ -463,20 +471,17 @@ def main(argv: list[str] | None = None) -> int:
         if dtype != torch.float32:  # give the peer rrpo's dtype too, so it is not handicapped by fp32
             peers.update(_peer_in(dtype, directory, args, workload))
         load_before = _load_average()
-        sections.append((f"Scoring throughput: {args.pairs} pairs", scoring_throughput(args, reranker, peers, workload)))
-        print(f"\n### {sections[-1][0]}\n\n{sections[-1][1]}", flush=True)
-        best_peer = peers[list(peers)[-1]]
-        sections.append((f"Rerank latency: {args.queries} queries", rerank_latency(args, reranker, best_peer, workload)))
-        print(f"\n### {sections[-1][0]}\n\n{sections[-1][1]}", flush=True)
+        report(f"Scoring throughput: {args.pairs} pairs", scoring_throughput(args, reranker, peers, workload))
+        latency_peer = peers[list(peers)[-1]]  # in rrpo's dtype when it could run that way
+        report(f"Rerank latency: {args.queries} queries", rerank_latency(args, reranker, latency_peer, workload))
     if not args.no_training:
         examples = load_examples(args.train_data, limit=args.train_queries * (args.train_steps + 1))
-        sections.append(("RRPO training throughput", training_throughput(args, examples)))
-        print(f"\n### {sections[-1][0]}\n\n{sections[-1][1]}", flush=True)
+        report("RRPO training throughput", training_throughput(args, examples))
     notes = _notes(args, check, load_before)
     print("\n" + notes)
     if args.results:
-        table = "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)
-        append_results(args.results, f"Speed: {args.model} on {args.device}", command_line(), table, notes)
+        tables = "\n\n".join(f"### {title}\n\n{table}" for title, table in sections)
+        append_results(args.results, f"Speed: {args.model} on {args.device}", command_line(), tables, notes)
         print(f"\nappended to {args.results}")
     return 0
 

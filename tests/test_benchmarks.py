@@ -135,3 +135,36 @@ def test_percentile_matches_linear_interpolation():
     assert speed.percentile([4.0], 95) == 4.0
     assert speed.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert speed.percentile([3.0, 1.0, 2.0], 95) == pytest.approx(2.9)
+
+
+def test_peer_runs_in_fp32_even_from_a_bf16_directory(tiny_cross_encoder_dir, tmp_path):
+    """rrpo saves bf16 weights when it runs in bf16 (its CUDA default); the peer's fp32
+    rows must still be fp32, and both sides must score alike in fp32."""
+    import torch
+
+    from rrpo import Reranker
+
+    speed = _load("speed")
+    bf16 = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu", dtype="bfloat16", max_length=64)
+    directory = bf16.save_pretrained(tmp_path / "bf16")
+    assert speed._peer_dtype(speed.load_peer(directory, 64, "cpu")) == "float32"
+    assert speed._peer_dtype(speed.load_peer(directory, 64, "cpu", torch.bfloat16)) == "bfloat16"
+    workload = speed.Workload(["who wrote the book about the river"], ["one two three four five six"] * 3, speed.random.Random(0))
+    line = speed.check_same_scores(directory, speed.load_peer(directory, 64, "cpu"), workload, "cpu", 64)
+    assert line.endswith("OK")
+
+
+def test_score_check_refuses_to_time_different_models(tiny_cross_encoder_dir, tmp_path):
+    import torch
+
+    from rrpo import Reranker
+
+    speed = _load("speed")
+    reranker = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu", max_length=64)
+    same = reranker.save_pretrained(tmp_path / "same")
+    with torch.no_grad():
+        reranker.scorer.classifier.bias += 0.01  # a different model, by more than the tolerance
+    other = reranker.save_pretrained(tmp_path / "other")
+    workload = speed.Workload(["who wrote the book about the river"], ["one two three four five six"] * 3, speed.random.Random(0))
+    with pytest.raises(SystemExit, match="do not compute the same model"):
+        speed.check_same_scores(same, speed.load_peer(other, 64, "cpu"), workload, "cpu", 64)

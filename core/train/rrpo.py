@@ -107,6 +107,7 @@ class RRPOTrainer:
         self._order = self._epoch_order(0)
         self._reference_curves: dict[str, list[float | None] | None] = {}
         self._ref_orders: dict[str, list[int]] = {}  # the reference's greedy order per query
+        self._ref_scored: dict[str, Scored] = {}  # the reference's scores per query
         self.metrics = common.MetricsLog(self.out_dir / "metrics.jsonl", resume=resume)
         if resume:
             self._resume()
@@ -161,10 +162,10 @@ class RRPOTrainer:
         cands = [ex.candidates for ex in batch]
         with torch.no_grad(), common.autocast(self.device, cfg.bf16):
             scored = self.policy.score_pairs(queries, cands)
-            ref_scored = self.reference.score_pairs(queries, cands)
+        ref_scored = self._reference_scores(batch)
         out = []
         for ex, s, rs in zip(batch, scored, ref_scored):
-            s, rs = _as_float(s), _as_float(rs)
+            s = _as_float(s)
             selections = self.policy.sample_scored(s, cfg.group_size, self.generator, top_n=cfg.max_k, min_k=cfg.min_k)
             logged = _logged_selection(ex, s, cfg)
             if logged is not None:
@@ -180,6 +181,18 @@ class RRPOTrainer:
             if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
                 self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
         return out
+
+    def _reference_scores(self, batch: list[Example]) -> list[Scored]:
+        """The frozen reference's scores, computed once per query and kept (small: n
+        scores and n pooled states), so a query seen again in a later epoch costs the
+        reference no forward pass."""
+        todo = list({ex.id: ex for ex in batch if ex.id not in self._ref_scored}.values())
+        if todo:
+            with torch.no_grad(), common.autocast(self.device, self.config.bf16):
+                fresh = self.reference.score_pairs([ex.query for ex in todo], [ex.candidates for ex in todo])
+            for ex, rs in zip(todo, fresh):
+                self._ref_scored[ex.id] = _as_float(rs)
+        return [self._ref_scored[ex.id] for ex in batch]
 
     # ------------------------------------------------------------------ 2. rewards
     def rewards(self, rollouts: list[QueryRollout]) -> None:
