@@ -8,8 +8,8 @@ when available, CUDA:
 - the share of dev questions where gold_loglik(2 gold passages) > gold_loglik(2
   distractors), on ``--n`` questions with the fastest device (DESIGN: 89.7% on 863).
 
-Prints a Markdown table; ``--out FILE`` also writes it there (the lead copies results
-into benchmarks/RESULTS.md). Example::
+Prints a Markdown table; ``--out FILE`` also writes it there, and ``--results
+benchmarks/RESULTS.md`` appends it with the command, machine and date. Example::
 
     python benchmarks/readers.py                 # CPU (+ CUDA if present); n=100 with CUDA, else 30
     python benchmarks/readers.py --devices cpu --n 30 --prompts 16
@@ -21,6 +21,7 @@ import argparse
 import gzip
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--max-words", type=int, default=120, help="words kept per passage")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument("--results", type=Path, default=None, help="append the table to this RESULTS.md")
+    parser.add_argument("--notes", default="", help="notes to record with --results (e.g. machine load)")
     args = parser.parse_args(argv)
 
     import torch
@@ -142,6 +145,11 @@ def main(argv: list[str] | None = None) -> str:
     print("\n" + table)
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
+    if args.results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # _results.py beside this file
+        from _results import append_results, command_line
+
+        append_results(args.results, f"Readers: {args.model}", command_line(argv), table, args.notes)
     return table
 
 

@@ -168,8 +168,12 @@ def _dequantized_gguf_dir(gguf: Path) -> Path:
     lm.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_model(lm, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished the same copy first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model.safetensors").is_file():
+            raise
     return target
 
 
