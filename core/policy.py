@@ -101,7 +101,7 @@ class Reranker(nn.Module):
 
         A plain encoder (e.g. all-MiniLM-L6-v2) gets a fresh one-logit head, initialised
         from ``seed`` so the same call always gives the same model. Weights load as
-        safetensors only; remote code runs only with ``trust_remote_code=True``.
+        safetensors only; remote code runs only when the caller opts in (``trust_remote_code``).
         ``device=None`` picks CUDA when present; ``dtype=None`` means bf16 on CUDA, fp32
         elsewhere.
         """

@@ -16,7 +16,6 @@ leak into the reader's prompt.
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any, List, Optional
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
@@ -27,6 +26,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from rrpo import Selection
+from rrpo.adapter_support import LazyReranker, check_adapter_limits, injected_model_name
 
 from ._convert import node_to_candidate
 
@@ -61,25 +61,19 @@ class RRPORerank(BaseNodePostprocessor):
     )
     batch_size: int = Field(default=32, description="Query-passage pairs per forward pass.")
 
-    _reranker: Any = PrivateAttr(default=None)
-    _build_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _holder: Any = PrivateAttr(default=None)
 
     def __init__(self, reranker: Any = None, **data: Any) -> None:
         """``reranker``: an already loaded ``rrpo.Reranker`` (or any object with its
         ``rerank`` interface) to use instead of loading ``model``."""
         if reranker is not None and "model" not in data:
-            data["model"] = str(getattr(reranker, "name_or_path", "") or type(reranker).__name__)
+            data["model"] = injected_model_name(reranker)
         super().__init__(**data)
-        self._reranker = reranker
+        self._holder = LazyReranker(reranker)
 
     @model_validator(mode="after")
     def _check_limits(self) -> "RRPORerank":
-        if self.min_k < 0:
-            raise ValueError(f"min_k must be >= 0, got {self.min_k}")
-        if self.top_n is not None and self.top_n < max(self.min_k, 1):
-            raise ValueError(f"top_n ({self.top_n}) must be >= 1 and >= min_k ({self.min_k})")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_adapter_limits(self.min_k, self.top_n, self.batch_size)
         return self
 
     @classmethod
@@ -89,13 +83,7 @@ class RRPORerank(BaseNodePostprocessor):
     @property
     def reranker(self) -> Any:
         """The reranker, loaded on first use (once, even with many threads)."""
-        if self._reranker is None:
-            with self._build_lock:
-                if self._reranker is None:
-                    from rrpo import Reranker
-
-                    self._reranker = Reranker.from_pretrained(self.model, device=self.device)
-        return self._reranker
+        return self._holder.get(self.model, self.device)
 
     # -- LlamaIndex entry points -------------------------------------------------------
 

@@ -215,7 +215,7 @@ def test_async_path_does_not_block_the_event_loop():
 
 def test_model_is_loaded_lazily_once(tiny_cross_encoder_dir):
     rerank = RRPORerank(model=str(tiny_cross_encoder_dir), device="cpu", top_n=2)
-    assert rerank._reranker is None
+    assert not rerank._holder.loaded  # nothing loaded before the first query
     first = rerank.postprocess_nodes(make_nodes(), query_str="Hamlet")
     model = rerank.reranker
     rerank.postprocess_nodes(make_nodes(), query_str="Paris")
