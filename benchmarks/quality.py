@@ -235,6 +235,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluation questions (overrides --size)")
     parser.add_argument("--sft-train", type=int, default=None, help="SFT training questions (overrides --size)")
     parser.add_argument("--rrpo-steps", type=int, default=None, help="RRPO steps (overrides --size)")
+    parser.add_argument("--results", default=None, help="append the tables to this RESULTS.md (benchmarks/RESULTS.md)")
+    parser.add_argument("--notes", default="", help="notes to record with --results (e.g. machine load)")
     return parser.parse_args(argv)
 
 
@@ -271,6 +273,12 @@ def main(argv=None) -> int:
     results = Path(args.out) / "RESULTS.md"
     results.write_text("\n".join(sections), encoding="utf-8")
     print(f"wrote {results}")
+    if args.results:  # the project's results file, with command, machine and date
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _results import append_results, command_line
+
+        append_results(args.results, f"Quality ({args.size}): {', '.join(names)}", command_line(argv),
+                       "\n".join(sections[1:]), args.notes)
     return 0
 
 
