@@ -41,7 +41,7 @@ import torch
 
 from ..plackett_luce import greedy_k, selection_limit
 from ..policy import Reranker, Scored
-from ..types import Candidate, Example, Selection
+from ..types import Example, Selection
 from . import common
 from .config import RRPOConfig, config_to_dict
 
