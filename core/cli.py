@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        # Bad input (a config value, a missing file or extra): one clear line, no
+        # traceback. RRPO_DEBUG=1 shows the traceback.
+        if os.environ.get("RRPO_DEBUG"):
+            raise
+        print(f"rrpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
