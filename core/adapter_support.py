@@ -36,6 +36,10 @@ class LazyReranker:
     def loaded(self) -> bool:
         return self._reranker is not None
 
+    def version(self, model: str) -> str:
+        """The loaded reranker's version (for feedback records); ``model`` before it loads."""
+        return str(getattr(self._reranker, "version", None) or model)
+
     def get(self, model: str, device: str | None) -> Any:
         if self._reranker is None:
             with self._lock:

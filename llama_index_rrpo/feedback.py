@@ -309,9 +309,7 @@ def _is_rrpo_rerank(instance: Any) -> bool:
 def _reranker_version(rerankers: list[Any]) -> str | None:
     if not rerankers:
         return None
-    last = rerankers[-1]
-    model = getattr(last, "_reranker", None)
-    return str(getattr(model, "version", None) or last.model)
+    return rerankers[-1].reranker_version
 
 
 def _tee(gen: Iterator[str], on_done: Callable[[str], None]) -> Iterator[str]:

@@ -85,6 +85,11 @@ class RRPORerank(BaseNodePostprocessor):
         """The reranker, loaded on first use (once, even with many threads)."""
         return self._holder.get(self.model, self.device)
 
+    @property
+    def reranker_version(self) -> str:
+        """What feedback records name as the reranker (never triggers a load)."""
+        return self._holder.version(self.model)
+
     # -- LlamaIndex entry points -------------------------------------------------------
 
     def _postprocess_nodes(

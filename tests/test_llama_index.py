@@ -240,7 +240,11 @@ def store(tmp_path):
         yield s
 
 
-def test_query_engine_records_a_full_record(minilm_embedding, tiny_reranker, store):
+def test_query_engine_records_a_full_record(minilm_embedding, tiny_cross_encoder_dir, store):
+    from rrpo import Reranker
+
+    tiny_reranker = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    tiny_reranker.settings.version = "tiny-v2"  # differs from the model's name: the record must say this
     engine = build_engine(minilm_embedding, tiny_reranker)
     with FeedbackCollector(store, query_engine=engine) as collector:
         response = engine.query("Who wrote the tragedy Hamlet?")
