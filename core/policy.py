@@ -224,32 +224,24 @@ class Reranker(nn.Module):
             for ci, (ids, tt) in enumerate(self.pairs.encode_pairs(query, keys)):
                 pairs.append((qi, ci, ids, tt))
         pairs.sort(key=lambda p: len(p[2]), reverse=True)
-        scores = [torch.empty(len(c), device=self.device) for c in candidate_lists]
-        hidden_size = int(self.scorer.config.hidden_size)
-        hidden = [torch.empty(len(c), hidden_size, device=self.device) for c in candidate_lists]
-        score_parts: list[torch.Tensor] = []
-        hidden_parts: list[torch.Tensor] = []
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start : start + batch_size]
-            s, h = self._forward([p[2] for p in batch], [p[3] for p in batch])
-            score_parts.append(s)
-            hidden_parts.append(h)
-        if not pairs:
-            return [Scored(s, h) for s, h in zip(scores, hidden)]
-        all_scores = torch.cat(score_parts)
-        all_hidden = torch.cat(hidden_parts)
-        # Scatter back to (query, candidate) order; index_put keeps gradients flowing.
-        by_query: dict[int, list[tuple[int, int]]] = {}
+        parts = [
+            self._forward([p[2] for p in pairs[i : i + batch_size]], [p[3] for p in pairs[i : i + batch_size]])
+            for i in range(0, len(pairs), batch_size)
+        ]
+        if parts:
+            all_scores = torch.cat([s for s, _ in parts])
+            all_hidden = torch.cat([h for _, h in parts])
+        else:  # no candidates at all
+            all_scores = torch.empty(0, device=self.device)
+            all_hidden = torch.empty(0, int(self.scorer.config.hidden_size), device=self.device)
+        # Gather back to (query, candidate) order; indexing keeps gradients flowing.
+        rows_of = [[0] * len(cands) for cands in candidate_lists]
         for row, (qi, ci, _, _) in enumerate(pairs):
-            by_query.setdefault(qi, []).append((ci, row))
+            rows_of[qi][ci] = row
         out: list[Scored] = []
-        for qi, cands in enumerate(candidate_lists):
-            if not cands:
-                out.append(Scored(scores[qi], hidden[qi]))
-                continue
-            entries = sorted(by_query[qi])
-            rows = torch.as_tensor([row for _, row in entries], device=self.device)
-            out.append(Scored(all_scores[rows], all_hidden[rows]))
+        for rows in rows_of:
+            index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+            out.append(Scored(all_scores[index], all_hidden[index]))
         return out
 
     @torch.inference_mode()
