@@ -18,42 +18,22 @@ benchmarks/RESULTS.md`` appends it with the command, machine and date. Example::
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-from rrpo import Candidate
+from rrpo import Example
+from rrpo.data import gold_pair_examples, split_gold
+from rrpo.evaluate import gold_pair_preference
 from rrpo.prompts import build_prompt
 from rrpo.readers import LocalReader
-from rrpo.rewards import gold_loglik
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa-distractor.dev.jsonl.gz"
 
 
-def load_rows(path: Path, n: int) -> list[dict]:
-    """Dev questions with exactly 2 gold passages, at least 2 distractors and an answer."""
-    rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            gold = [p for p in row["passages"] if p["gold"]]
-            other = [p for p in row["passages"] if p["gold"] is False]
-            if len(gold) == 2 and len(other) >= 2 and row["answers"]:
-                rows.append(row)
-                if len(rows) == n:
-                    break
-    return rows
-
-
-def candidates(passages: list[dict]) -> list[Candidate]:
-    return [Candidate(id=p["id"], title=p["title"], text=p["text"]) for p in passages]
-
-
-def gold_prompt(row: dict, max_words: int) -> str:
-    return build_prompt(row["question"], candidates([p for p in row["passages"] if p["gold"]]), max_words)
+def gold_prompt(example: Example, max_words: int) -> str:
+    return build_prompt(example.query, split_gold(example)[0], max_words)
 
 
 def timed(fn, *args) -> float:
@@ -62,9 +42,9 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def throughput(reader: LocalReader, rows: list[dict], max_words: int) -> dict:
+def throughput(reader: LocalReader, rows: list[Example], max_words: int) -> dict:
     prompts = [gold_prompt(r, max_words) for r in rows]
-    targets = [r["answers"][0] for r in rows]
+    targets = [r.answers[0] for r in rows]
     reader.loglik(prompts[: reader.batch_size], targets[: reader.batch_size])  # warm-up
     tokens = [len(ids) for ids in reader._encode([reader._chat_text(p) for p in prompts])]
     loglik_s = timed(reader.loglik, prompts, targets)
@@ -75,19 +55,6 @@ def throughput(reader: LocalReader, rows: list[dict], max_words: int) -> dict:
         "likelihoods_per_s": len(prompts) / loglik_s,
         "answers_per_s": len(prompts) / gen_s,
     }
-
-
-def gold_share(reader: LocalReader, rows: list[dict], max_words: int) -> tuple[float, float, float]:
-    """Share of questions where the gold pair beats 2 distractors, and both mean logliks."""
-    queries = [r["question"] for r in rows] * 2
-    contexts = [candidates([p for p in r["passages"] if p["gold"]]) for r in rows]
-    contexts += [candidates([p for p in r["passages"] if p["gold"] is False][:2]) for r in rows]
-    answers = [r["answers"] for r in rows] * 2
-    prompts = [build_prompt(q, c, max_words) for q, c in zip(queries, contexts)]
-    values = gold_loglik(queries=queries, contexts=contexts, answers=answers, reader=reader, prompts=prompts)
-    gold, distractor = values[: len(rows)], values[len(rows):]
-    share = sum(g > d for g, d in zip(gold, distractor)) / len(rows)
-    return share, sum(gold) / len(gold), sum(distractor) / len(distractor)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -112,7 +79,7 @@ def main(argv: list[str] | None = None) -> str:
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.n is None:
         args.n = 100 if "cuda" in devices else 30
-    rows = load_rows(args.data, max(args.n, args.prompts))
+    rows = gold_pair_examples(args.data, max(args.n, args.prompts))
     lines = [
         f"Reader `{args.model}` on HotpotQA dev prompts (2 gold passages, <= {args.max_words} words each), "
         f"batch {args.batch_size}, {args.max_new_tokens} new tokens; {platform.processor() or platform.machine()}, "
@@ -134,7 +101,7 @@ def main(argv: list[str] | None = None) -> str:
         print(lines[-1], flush=True)
     if args.n > 0 and reader is not None:  # the last device is the fastest one
         start = time.perf_counter()
-        share, gold, distractor = gold_share(reader, rows[: args.n], args.max_words)
+        share, gold, distractor = gold_pair_preference(reader, rows[: args.n], args.max_words)
         lines += [
             "",
             f"gold_loglik(2 gold passages) > gold_loglik(2 distractors) for **{share:.1%}** of "

@@ -434,3 +434,28 @@ def _example_from_question(row: dict[str, Any], candidates: list[Candidate]) -> 
         gold=gold,
         metadata=metadata,
     )
+
+
+def split_gold(example: Example) -> tuple[list[Candidate], list[Candidate]]:
+    """(gold passages, the other passages) of an example that has gold flags."""
+    if example.gold is None:
+        raise ValueError(f"example {example.id!r} has no gold flags")
+    gold = [c for c, g in zip(example.candidates, example.gold) if g]
+    others = [c for c, g in zip(example.candidates, example.gold) if not g]
+    return gold, others
+
+
+def gold_pair_examples(source: str | os.PathLike, n: int) -> list[Example]:
+    """The first ``n`` examples with an answer, exactly 2 gold passages and at least 2
+    others: the HotpotQA case "gold pair vs two distractors" that tells whether a
+    reader's likelihood can judge a context."""
+    out = []
+    for example in load_examples(source):
+        if example.gold is None or not example.answers:
+            continue
+        gold, others = split_gold(example)
+        if len(gold) == 2 and len(others) >= 2:
+            out.append(example)
+            if len(out) == n:
+                break
+    return out

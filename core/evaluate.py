@@ -532,3 +532,22 @@ def evaluate(
         baseline=baseline,
         info={"n_bootstrap": n_bootstrap, "seed": seed},
     )
+
+
+def gold_pair_preference(reader: Any, examples: Sequence[Example], max_words: int = 120) -> tuple[float, float, float]:
+    """Share of examples where the reader's gold-answer log-likelihood is higher after
+    the 2 gold passages than after 2 distractors, and the two mean log-likelihoods
+    (examples from :func:`rrpo.data.gold_pair_examples`)."""
+    from .data import split_gold
+    from .prompts import build_prompt
+    from .rewards import gold_loglik
+
+    pairs = [split_gold(ex) for ex in examples]
+    queries = [ex.query for ex in examples] * 2
+    contexts = [gold for gold, _ in pairs] + [others[:2] for _, others in pairs]
+    answers = [list(ex.answers) for ex in examples] * 2
+    prompts = [build_prompt(q, c, max_words) for q, c in zip(queries, contexts)]
+    values = gold_loglik(queries=queries, contexts=contexts, answers=answers, reader=reader, prompts=prompts)
+    gold, distractor = values[: len(examples)], values[len(examples) :]
+    share = sum(g > d for g, d in zip(gold, distractor)) / len(examples)
+    return share, sum(gold) / len(gold), sum(distractor) / len(distractor)

@@ -28,12 +28,9 @@ DATA_FILE = "hotpotqa-distractor.dev.jsonl.gz"
 
 
 def shared_data_file() -> Path:
-    root = os.environ.get("RRPO_SHARED_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    path = base / DATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: set RRPO_SHARED_DATA to the shared data folder")
-    return path
+    from rrpo.data import shared_data_dir  # $RRPO_SHARED_DATA, else ../shared/data
+
+    return shared_data_dir() / DATA_FILE
 
 
 class LlamaCppReader:

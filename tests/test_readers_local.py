@@ -1,8 +1,6 @@
 """LocalReader: batching logic on the tiny causal LM, real behaviour on the packaged
 SmolLM2 GGUF with real HotpotQA passages."""
 
-import gzip
-import json
 import logging
 import math
 
@@ -10,9 +8,11 @@ import pytest
 import torch
 
 from rrpo import Candidate
+from rrpo.data import gold_pair_examples, split_gold
+from rrpo.evaluate import gold_pair_preference
 from rrpo.prompts import build_prompt
 from rrpo.readers import LocalReader, Reader, get_reader
-from rrpo.rewards import gold_loglik, token_f1
+from rrpo.rewards import token_f1
 
 PROMPTS = [
     "What is the capital of France?",
@@ -98,53 +98,28 @@ def test_bad_arguments_are_named(tiny_causal_lm_dir, tmp_path):
 # --------------------------------------------------------------------------- SmolLM2
 
 
-def _dev_examples(path, n):
-    rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            golds = [p for p in row["passages"] if p["gold"]]
-            others = [p for p in row["passages"] if p["gold"] is False]
-            if len(golds) == 2 and len(others) >= 2 and row["answers"]:
-                rows.append(row)
-            if len(rows) == n:
-                break
-    return rows
-
-
-def _cands(passages):
-    return [Candidate(id=p["id"], title=p["title"], text=p["text"]) for p in passages]
-
-
 @pytest.fixture(scope="module")
 def smollm2():
     return LocalReader("smollm2-135m", device="cpu", batch_size=16, max_new_tokens=12, progress=False)
 
 
 def test_smollm2_likelihood_prefers_gold_passages(smollm2, shared_data_dir):
-    rows = _dev_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 30)
-    queries = [r["question"] for r in rows] * 2
-    contexts = [_cands([p for p in r["passages"] if p["gold"]]) for r in rows]
-    contexts += [_cands([p for p in r["passages"] if p["gold"] is False][:2]) for r in rows]
-    answers = [r["answers"] for r in rows] * 2
+    rows = gold_pair_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 30)
     # Passages cut to 60 words keep this under a minute or two on a 2-core CPU.
-    prompts = [build_prompt(q, c, max_words=60) for q, c in zip(queries, contexts)]
-    values = gold_loglik(queries=queries, contexts=contexts, answers=answers, reader=smollm2, prompts=prompts)
-    gold, distractor = values[: len(rows)], values[len(rows):]
-    share = sum(g > d for g, d in zip(gold, distractor)) / len(rows)
+    share, _, _ = gold_pair_preference(smollm2, rows, max_words=60)
     print(f"gold pair preferred for {share:.0%} of {len(rows)} dev questions")
     assert share > 0.6  # DESIGN measured 89.7% on 863 questions
 
 
 def test_smollm2_answers_real_passages(smollm2, shared_data_dir):
-    rows = _dev_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 3)
-    prompts = [build_prompt(r["question"], _cands([p for p in r["passages"] if p["gold"]])) for r in rows]
+    rows = gold_pair_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 3)
+    prompts = [build_prompt(r.query, split_gold(r)[0]) for r in rows]
     answers = smollm2.generate(prompts)
     assert all(a and "\n" not in a for a in answers)
-    f1 = token_f1(queries=[r["question"] for r in rows], contexts=None, answers=[r["answers"] for r in rows],
+    f1 = token_f1(queries=[r.query for r in rows], contexts=None, answers=[r.answers for r in rows],
                   reader=smollm2, prompts=prompts, generations=answers)
     assert all(0.0 <= v <= 1.0 for v in f1)
     # A real reader: the gold answer is likelier after the right passage than after none.
-    with_gold = smollm2.loglik(prompts, [r["answers"][0] for r in rows])
-    closed = smollm2.loglik([build_prompt(r["question"], []) for r in rows], [r["answers"][0] for r in rows])
+    with_gold = smollm2.loglik(prompts, [r.answers[0] for r in rows])
+    closed = smollm2.loglik([build_prompt(r.query, []) for r in rows], [r.answers[0] for r in rows])
     assert sum(w > c for w, c in zip(with_gold, closed)) >= 2
