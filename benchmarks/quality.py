@@ -116,7 +116,7 @@ def train_sft(base: str, examples: list, size: Size, device: str | None, out: Pa
     from rrpo.train import SFTConfig, SFTTrainer
 
     reranker = Reranker.from_pretrained(base, device=device)
-    config = SFTConfig(epochs=size.sft_epochs, max_k=5, device=device, out_dir=str(out), seed=0)
+    config = SFTConfig(epochs=size.sft_epochs, max_k=5, device=device, out_dir=str(out), seed=0, overwrite=True)
     return SFTTrainer(reranker, examples[: size.sft_train], config).train()  # saved to out/model
 
 
@@ -129,7 +129,7 @@ def train_rrpo(base: str, reader, examples: list, size: Size, device: str | None
     # context word, reference-anchored baseline); only the budget changes with --size.
     config = RRPOConfig(
         min_k=1, max_k=5, max_steps=size.rrpo_steps, queries_per_step=size.queries_per_step,
-        max_words=max_words, device=device, out_dir=str(out), seed=0,
+        max_words=max_words, device=device, out_dir=str(out), seed=0, overwrite=True,  # re-runs start over
     )
     return RRPOTrainer(policy, reader, examples[: size.rrpo_train], config).train()  # saved to out/model
 

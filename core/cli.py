@@ -45,17 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from .readers import ReaderError
+
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        # Bad input (a config value, a missing file or extra): one clear line, no
-        # traceback. RRPO_DEBUG=1 shows the traceback.
+    except (ValueError, OSError, ImportError, ReaderError) as err:
+        # Bad input (a config value, a file or model that is not there, a folder given
+        # for a file, a missing extra, an endpoint that does not answer): one clear line,
+        # no traceback; any other exception is a bug and keeps its traceback.
+        # RRPO_DEBUG=1 shows it always.
         if os.environ.get("RRPO_DEBUG"):
             raise
-        print(f"rrpo {args.command}: error: {err}", file=sys.stderr)
+        print(f"rrpo {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

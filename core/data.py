@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .types import Candidate, Example
+from .types import Candidate, Example, check_text
 
 __all__ = [
     "BM25Index",
@@ -120,6 +120,9 @@ def example_from_record(record: dict[str, Any], where: str = "record") -> Exampl
     example_id = str(_require(record, "id", where))
     where = f"{where} (id {example_id!r})"
     question = _require(record, "question", where)
+    if not isinstance(question, str):  # a list would become the string "['a', 'b']"
+        raise ValueError(f"{where}: 'question' must be a string, got {type(question).__name__}")
+    check_text(question, f"{where}: the question")
     passages = _require(record, "passages", where)
     if not isinstance(passages, list):
         raise ValueError(f"{where}: 'passages' must be a list")
@@ -128,14 +131,17 @@ def example_from_record(record: dict[str, Any], where: str = "record") -> Exampl
         p_where = f"{where}, passage {i}"
         if not isinstance(passage, dict):
             raise ValueError(f"{p_where}: expected an object with 'id' and 'text'")
-        candidates.append(
-            Candidate(
-                id=str(passage.get("id", f"{example_id}#p{i}")),
-                text=str(_require(passage, "text", p_where)),
-                title=passage.get("title") or "",
-                metadata={k: v for k, v in passage.items() if k not in _PASSAGE_KEYS},
+        try:
+            candidates.append(
+                Candidate(
+                    id=str(passage.get("id", f"{example_id}#p{i}")),
+                    text=str(_require(passage, "text", p_where)),
+                    title=passage.get("title") or "",
+                    metadata={k: v for k, v in passage.items() if k not in _PASSAGE_KEYS},
+                )
             )
-        )
+        except (TypeError, ValueError) as err:  # a title that is not text, a lone surrogate
+            raise ValueError(f"{p_where}: {err}") from None
         flags.append(passage.get("gold"))
     # Gold flags count only when every passage carries one; null means "unknown".
     gold = [bool(f) for f in flags] if flags and all(f is not None for f in flags) else None

@@ -13,35 +13,38 @@ Why SQLite, and how it stays safe:
 * ``synchronous=NORMAL`` (the WAL default recommendation): a committed record survives
   any process crash; only a power cut may roll back the last few commits, and never
   corrupts the file. Pass ``synchronous="FULL"`` to also survive power loss.
-* One connection per thread (``threading.local``) and a ``busy_timeout``, so many
-  threads and several processes can write at once; SQLite serialises the writers.
+* A small pool of connections (``max_connections``, default 4) that every thread
+  borrows from for one operation and gives back, and a ``busy_timeout``: many threads
+  and several processes can write at once (SQLite serialises the writers), and a server
+  with a thread per request holds a bounded number of file descriptors, not two per
+  thread that ever wrote.
 * ``PRAGMA user_version`` holds the schema version; ``_MIGRATIONS`` upgrades old files.
 * Only parameterised SQL. Candidates and metadata are stored as JSON text.
-* Nothing that looks like a credential is stored: metadata keys such as ``api_key`` or
-  ``authorization`` are dropped (recursively) before a record is written.
+* Nothing that looks like a credential is stored (:mod:`rrpo.redact`): metadata keys
+  that name one (``api_key``, ``token``, ``OPENAI_KEY`` ...) are dropped and values that
+  look like one (``sk-...``, ``Bearer ...``, ``AKIA...``, ``password=...``) are replaced by
+  ``[REDACTED]``, in the query, passages, answer, comment and metadata, before a record
+  is written and again when one is exported. A new file is created readable by its
+  owner only (mode 0600; SQLite gives its ``-wal``/``-shm`` files the same mode).
+* NaN and infinite numbers are written as JSON ``null`` (never the non-standard ``NaN``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import re
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
+from .redact import redact
 from .types import Candidate, FeedbackRecord
 
 SCHEMA_VERSION = 1
-
-# Metadata keys that may hold a secret; matched case-insensitively anywhere in the key.
-_SECRET_KEY = re.compile(
-    r"api[_-]?key|authori[sz]ation|secret|password|passwd|bearer|access[_-]?token|"
-    r"auth[_-]?token|refresh[_-]?token|credential|cookie",
-    re.IGNORECASE,
-)
 
 # Columns a caller may change after a record was added (see FeedbackStore.update).
 _UPDATABLE = ("answer", "latency_ms", "kept_ids", "kept_scores", "k", "reranker", "metadata")
@@ -67,6 +70,10 @@ class UnknownRecordError(KeyError):
 
 class SchemaVersionError(RuntimeError):
     """The file was written by a newer rrpo whose schema this version cannot read."""
+
+
+class NotAFeedbackStoreError(ValueError):
+    """The file exists but is not an rrpo feedback store (not SQLite, or another app's)."""
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
@@ -96,29 +103,64 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
 
 
-def strip_secrets(value: Any) -> Any:
-    """A copy of ``value`` without dict keys that look like credentials (recursive)."""
+strip_secrets = redact  # the old name: keys and values are both checked now
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {
-            key: strip_secrets(item)
-            for key, item in value.items()
-            if not _SECRET_KEY.search(str(key))
-        }
+        return {key: _finite(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [strip_secrets(item) for item in value]
+        return [_finite(item) for item in value]
     return value
 
 
 def _to_json(value: Any) -> str:
     # default=str: metadata from frameworks may hold dates, paths or enums; a record
     # must never fail to save because one metadata value is not JSON-native.
-    return json.dumps(value, ensure_ascii=False, default=str)
+    # allow_nan=False after _finite: a stray float subclass fails loudly, never as NaN.
+    return json.dumps(_finite(value), ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _clean_candidate(candidate: Candidate) -> dict[str, Any]:
     data = candidate.to_dict()
-    data["metadata"] = strip_secrets(data.get("metadata") or {})
-    return data
+    return {**redact(data), "id": data["id"]}  # ids stay as they are: kept_ids name them
+
+
+def _clean_number(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _check_record(record: FeedbackRecord) -> None:
+    """Clear errors for what SQLite would only call a constraint failure."""
+    if not isinstance(record.query, str):
+        raise TypeError(f"feedback record {record.id!r}: query must be a str, got {type(record.query).__name__}")
+    for i, candidate in enumerate(record.candidates):
+        if not isinstance(candidate, Candidate):
+            raise TypeError(
+                f"feedback record {record.id!r}: candidate {i} must be an rrpo.Candidate, "
+                f"got {type(candidate).__name__}"
+            )
+
+
+def _integrity_error(record: FeedbackRecord, err: sqlite3.IntegrityError, path: Path) -> ValueError:
+    """Say which constraint failed: a duplicate id is only one of them."""
+    message = str(err)
+    if "UNIQUE" in message and "records.id" in message:
+        return ValueError(f"feedback record id {record.id!r} is already in {path}")
+    return ValueError(f"feedback record {record.id!r} was not stored in {path}: {message}")
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (SQLite then gives its
+    journal files the same mode). O_EXCL: never change someone else's file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -141,40 +183,76 @@ class FeedbackStore:
         create: bool = True,
         timeout: float = 30.0,
         synchronous: str = "NORMAL",
+        max_connections: int = 4,
     ) -> None:
+        """``create=False``: the file must exist (``FileNotFoundError`` otherwise).
+        ``max_connections``: how many SQLite connections the threads share."""
         self.path = Path(path).expanduser()
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"feedback store not found: {self.path}")
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self._timeout = float(timeout)
         self._synchronous = synchronous.upper()
-        self._local = threading.local()
-        self._all_connections: list[sqlite3.Connection] = []
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._idle: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
-        self._migrate(self._conn())
+        try:
+            with self._conn() as conn:
+                self._migrate(conn)
+        except sqlite3.DatabaseError as err:  # "file is not a database", a torn header...
+            self.close()
+            raise NotAFeedbackStoreError(f"{self.path} is not a feedback store: {err}") from err
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections -----------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection (SQLite connections must not be shared across
-        threads while in use, so each thread gets its own)."""
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a connection for one operation. At most ``max_connections`` exist at
+        once (threads wait for a free one); idle ones are kept for the next caller, so a
+        thread that ends leaves nothing open behind."""
         if self._closed:
             raise RuntimeError(f"feedback store {self.path} is closed")
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
+        self._slots.acquire()
+        try:
             with self._connections_lock:
-                self._all_connections.append(conn)
-        return conn
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = self._connect()
+            try:
+                yield conn
+            finally:
+                with self._connections_lock:
+                    if self._closed:
+                        conn.close()
+                    else:
+                        self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on a borrowed connection and return its rows."""
+        with self._conn() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _changes(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run one write and return how many rows it changed."""
+        with self._conn() as conn:
+            return conn.execute(sql, params).rowcount
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: autocommit, so a lone INSERT/UPDATE is its own
         # transaction and multi-statement work uses an explicit BEGIN IMMEDIATE.
-        # check_same_thread=False only so close() may close every thread's connection.
+        # check_same_thread=False: a pooled connection serves one thread at a time,
+        # but not always the same thread.
         conn = sqlite3.connect(
             str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
@@ -184,11 +262,12 @@ class FeedbackStore:
         return conn
 
     def close(self) -> None:
-        """Close every thread's connection. The store cannot be used afterwards."""
+        """Close the connections (one in use closes when its operation ends). The store
+        cannot be used afterwards."""
         with self._connections_lock:
-            for conn in self._all_connections:
+            for conn in self._idle:
                 conn.close()
-            self._all_connections.clear()
+            self._idle.clear()
             self._closed = True
 
     def __enter__(self) -> "FeedbackStore":
@@ -208,6 +287,11 @@ class FeedbackStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
+        if version == 0 and _foreign_tables(conn):
+            raise NotAFeedbackStoreError(
+                f"{self.path} is not a feedback store: an SQLite database of another "
+                "application (tables but no rrpo schema); give a new file or an rrpo store"
+            )
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -227,7 +311,7 @@ class FeedbackStore:
 
     @property
     def schema_version(self) -> int:
-        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+        return int(self._execute("PRAGMA user_version")[0][0])
 
     # -- writing ---------------------------------------------------------------------
 
@@ -235,27 +319,27 @@ class FeedbackStore:
         """Store ``record`` (one transaction) and return its id."""
         if not isinstance(record, FeedbackRecord):
             raise TypeError(f"add() takes an rrpo.FeedbackRecord, got {type(record).__name__}")
+        _check_record(record)
         row = (
             str(record.id),
             float(record.created_at),
-            record.query,
+            redact(record.query),
             _to_json([_clean_candidate(c) for c in record.candidates]),
             _to_json([str(i) for i in record.kept_ids]),
-            _to_json([float(s) for s in record.kept_scores]),
+            _to_json([_clean_number(s) for s in record.kept_scores]),
             record.k,
-            record.answer,
-            record.latency_ms,
+            redact(record.answer),
+            _clean_number(record.latency_ms),
             record.reranker,
-            record.rating,
-            record.comment,
-            _to_json(strip_secrets(dict(record.metadata))),
+            _clean_number(record.rating),
+            redact(record.comment),
+            _to_json(redact(dict(record.metadata))),
         )
         try:
-            self._conn().execute(
-                f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row
-            )
+            with self._conn() as conn:
+                conn.execute(f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
         except sqlite3.IntegrityError as err:
-            raise ValueError(f"feedback record id {record.id!r} is already in {self.path}") from err
+            raise _integrity_error(record, err, self.path) from err
         return str(record.id)
 
     def add_many(self, records: Iterable[FeedbackRecord]) -> list[str]:
@@ -267,11 +351,11 @@ class FeedbackStore:
         score = float(score)
         if not math.isfinite(score):
             raise ValueError(f"rating for record {record_id!r} must be finite, got {score}")
-        cursor = self._conn().execute(
+        changed = self._changes(
             "UPDATE records SET rating = ?, comment = ?, rated_at = ? WHERE id = ?",
-            (score, comment, time.time(), str(record_id)),
+            (score, redact(comment), time.time(), str(record_id)),
         )
-        if cursor.rowcount == 0:
+        if changed == 0:
             raise UnknownRecordError(str(record_id), self.path)
 
     def update(self, record_id: str, **fields: Any) -> None:
@@ -286,35 +370,32 @@ class FeedbackStore:
         names = [name for name in _UPDATABLE if name in fields]  # fixed order, known names
         values = [self._column_value(name, fields[name]) for name in names]
         assignments = ", ".join(f"{name} = ?" for name in names)
-        cursor = self._conn().execute(
-            f"UPDATE records SET {assignments} WHERE id = ?", (*values, str(record_id))
-        )
-        if cursor.rowcount == 0:
+        changed = self._changes(f"UPDATE records SET {assignments} WHERE id = ?", (*values, str(record_id)))
+        if changed == 0:
             raise UnknownRecordError(str(record_id), self.path)
 
     @staticmethod
     def _column_value(name: str, value: Any) -> Any:
         if name == "metadata":
-            return _to_json(strip_secrets(dict(value or {})))
+            return _to_json(redact(dict(value or {})))
         if name in _JSON_COLUMNS:
             return _to_json(list(value))
+        if name == "answer":
+            return redact(value)
+        if name == "latency_ms":
+            return _clean_number(value)
         return value
 
     # -- reading ---------------------------------------------------------------------
 
     def get(self, record_id: str) -> FeedbackRecord:
-        row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM records WHERE id = ?", (str(record_id),)
-        ).fetchone()
-        if row is None:
+        rows = self._execute(f"SELECT {_COLUMNS} FROM records WHERE id = ?", (str(record_id),))
+        if not rows:
             raise UnknownRecordError(str(record_id), self.path)
-        return _row_to_record(row)
+        return _row_to_record(rows[0])
 
     def __contains__(self, record_id: object) -> bool:
-        row = self._conn().execute(
-            "SELECT 1 FROM records WHERE id = ?", (str(record_id),)
-        ).fetchone()
-        return row is not None
+        return bool(self._execute("SELECT 1 FROM records WHERE id = ?", (str(record_id),)))
 
     def records(self, limit: int | None = None, rated_only: bool = False) -> list[FeedbackRecord]:
         """Records, oldest first; ``limit`` keeps the newest ``limit`` of them."""
@@ -329,36 +410,32 @@ class FeedbackStore:
                 "ORDER BY created_at DESC, rowid DESC LIMIT ?) ORDER BY created_at, r"
             )
             params = (int(limit),)
-        rows = self._conn().execute(sql, params).fetchall()
-        return [_row_to_record(row[:13]) for row in rows]
+        return [_row_to_record(row[:13]) for row in self._execute(sql, params)]
 
     def __len__(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        return int(self._execute("SELECT COUNT(*) FROM records")[0][0])
 
     def stats(self) -> dict[str, Any]:
         """Counts and means over the store (for ``rrpo feedback stats``)."""
-        conn = self._conn()
-        count, rated, mean_rating, mean_k, mean_latency, first, last = conn.execute(
+        count, rated, mean_rating, mean_k, mean_latency, first, last = self._execute(
             "SELECT COUNT(*), COUNT(rating), AVG(rating), AVG(k), AVG(latency_ms), "
             "MIN(created_at), MAX(created_at) FROM records"
-        ).fetchone()
+        )[0]
         n_candidates = [
-            len(json.loads(text)) for (text,) in conn.execute("SELECT candidates FROM records")
+            len(json.loads(text)) for (text,) in self._execute("SELECT candidates FROM records")
         ]
         rerankers = dict(
-            conn.execute(
+            self._execute(
                 "SELECT COALESCE(reranker, 'unknown'), COUNT(*) FROM records GROUP BY reranker "
                 "ORDER BY COUNT(*) DESC"
-            ).fetchall()
+            )
         )
         return {
             "path": str(self.path),
             "schema_version": self.schema_version,
             "count": count,
             "rated": rated,
-            "answered": conn.execute(
-                "SELECT COUNT(*) FROM records WHERE answer IS NOT NULL"
-            ).fetchone()[0],
+            "answered": self._execute("SELECT COUNT(*) FROM records WHERE answer IS NOT NULL")[0][0],
             "mean_rating": mean_rating,
             "mean_k": mean_k,
             "mean_candidates": _mean([float(n) for n in n_candidates]),
@@ -370,15 +447,17 @@ class FeedbackStore:
 
     def integrity_check(self) -> str:
         """SQLite's own consistency check: ``"ok"`` for a healthy file."""
-        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
+        return str(self._execute("PRAGMA integrity_check")[0][0])
 
     # -- export ----------------------------------------------------------------------
 
     def export_jsonl(self, path: str | Path, rated_only: bool = False) -> int:
-        """Write one JSON object per record (the full record) and return how many."""
+        """Write one JSON object per record (the full record) and return how many. A new
+        file is readable by its owner only, like the store."""
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         records = self.records(rated_only=rated_only)
+        _create_private(path)
         with path.open("w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(_to_json(record_to_dict(record)) + "\n")
@@ -409,22 +488,23 @@ class FeedbackStore:
 
 
 def record_to_dict(record: FeedbackRecord) -> dict[str, Any]:
-    """A JSON-ready dict of the whole record (the JSONL export format)."""
-    return {
+    """A JSON-ready dict of the whole record (the JSONL export format): redacted again
+    (a file written by an older rrpo may hold what this one strips), NaN as None."""
+    return _finite({
         "id": record.id,
         "created_at": record.created_at,
-        "query": record.query,
-        "candidates": [c.to_dict() for c in record.candidates],
+        "query": redact(record.query),
+        "candidates": [_clean_candidate(c) for c in record.candidates],
         "kept_ids": list(record.kept_ids),
         "kept_scores": list(record.kept_scores),
         "k": record.k,
-        "answer": record.answer,
+        "answer": redact(record.answer),
         "latency_ms": record.latency_ms,
         "reranker": record.reranker,
         "rating": record.rating,
-        "comment": record.comment,
-        "metadata": dict(record.metadata),
-    }
+        "comment": redact(record.comment),
+        "metadata": redact(dict(record.metadata)),
+    })  # fmt: skip
 
 
 def record_from_dict(data: dict[str, Any]) -> FeedbackRecord:
@@ -435,7 +515,7 @@ def record_from_dict(data: dict[str, Any]) -> FeedbackRecord:
         query=data["query"],
         candidates=[Candidate.from_dict(c) for c in data.get("candidates") or []],
         kept_ids=[str(i) for i in data.get("kept_ids") or []],
-        kept_scores=[float(s) for s in data.get("kept_scores") or []],
+        kept_scores=[None if s is None else float(s) for s in data.get("kept_scores") or []],
         k=data.get("k"),
         answer=data.get("answer"),
         latency_ms=data.get("latency_ms"),
@@ -476,16 +556,22 @@ def _record_to_row(record: FeedbackRecord) -> dict[str, Any]:
     row = record_to_dict(record)
     row["candidates"] = [
         {
-            "id": c.id,
-            "title": c.title,
-            "text": c.text,
-            "score": c.score,
-            "metadata": _to_json(c.metadata),
+            "id": c["id"],
+            "title": c["title"],
+            "text": c["text"],
+            "score": c["score"],
+            "metadata": _to_json(c["metadata"]),
         }
-        for c in record.candidates
+        for c in row["candidates"]
     ]
-    row["metadata"] = _to_json(record.metadata)
+    row["metadata"] = _to_json(row["metadata"])
     return row
+
+
+def _foreign_tables(conn: sqlite3.Connection) -> bool:
+    """Whether an unversioned file already has tables (another app's database)."""
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return bool(rows) and "records" not in {name for (name,) in rows}
 
 
 def _dataset_features(datasets: Any) -> Any:

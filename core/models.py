@@ -62,6 +62,7 @@ def resolve_reranker(name: str | Path) -> ResolvedModel:
     """Resolve a cross-encoder name: local dir > packaged alias > hub id."""
     name_str = str(name)
     if Path(name_str).expanduser().is_dir():
+        _require_safetensors(Path(name_str).expanduser())
         return ResolvedModel(str(Path(name_str).expanduser()), is_local=True)
     if name_str.lower() in MINILM_ALIASES:
         return ResolvedModel(str(packaged_minilm_dir()), is_local=True, alias="minilm-l6")
@@ -81,6 +82,7 @@ def resolve_reader(name: str | Path) -> ResolvedModel:
         has_weights = any(path.glob("*.safetensors"))
         if ggufs and not has_weights:
             return ResolvedModel(str(path), is_local=True, gguf_file=ggufs[0].name)
+        _require_safetensors(path)
         return ResolvedModel(str(path), is_local=True)
     if name_str.lower() in SMOLLM2_ALIASES:
         gguf = packaged_smollm2_gguf()
@@ -90,11 +92,32 @@ def resolve_reader(name: str | Path) -> ResolvedModel:
     return ResolvedModel(name_str, is_local=False)
 
 
+def _require_safetensors(path: Path) -> None:
+    """A model folder with pickled weights only is refused here, by name: rrpo loads
+    safetensors only (a pickle can run code)."""
+    pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
+    if pickles and not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"{path} holds only pickled weights ({', '.join(sorted(pickles)[:3])}); rrpo loads "
+            "safetensors only: convert them (model.save_pretrained(dir, safe_serialization=True))"
+        )
+
+
 def best_device(device: str | None = None) -> str:
-    """``None`` means the best available: CUDA, then Apple MPS, then CPU."""
-    if device:
-        return device
+    """``None`` means the best available: CUDA, then Apple MPS, then CPU. A device
+    string torch does not know, or one not present here, is a ValueError."""
     import torch
+
+    if device:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r}: Apple MPS is not available here")
+        return device
 
     if torch.cuda.is_available():
         return "cuda"

@@ -38,15 +38,35 @@ class StopHead(nn.Module):
 
     MAX_STEP_BIAS = 32
 
-    def __init__(self, hidden_size: int, inner_size: int = 64, init_bias: float = 0.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        inner_size: int = 64,
+        init_bias: float = 0.0,
+        relative: bool = False,
+        init_k: float | None = None,
+    ):
         super().__init__()
         self.hidden_size = hidden_size
         self.inner_size = inner_size
-        self.proj = nn.Linear(2 * hidden_size + 2, inner_size)
+        # relative: the head's output is the log-odds of stopping against *all* remaining
+        # candidates together (P(stop | t) = sigmoid(h_t)), so it does not depend on the
+        # scale of the scores. absolute (round-1 models): the output competes with each
+        # remaining score like one more candidate.
+        self.relative = relative
+        # A relative head also sees the score gap between the best kept candidate and the
+        # best remaining one: "the kept passage clearly beats the rest" is a stop signal.
+        self.proj = nn.Linear(2 * hidden_size + (3 if relative else 2), inner_size)
         self.out = nn.Linear(inner_size, 1)
         self.step_bias = nn.Parameter(torch.zeros(self.MAX_STEP_BIAS + 1))
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, init_bias)
+        if relative and init_k is not None:
+            # A fresh head starts with greedy k = init_k and sampled k spread around it:
+            # P(stop | t) = sigmoid(t - init_k + 0.5). Starting at max_k (the round-1
+            # init) left nothing to learn from about stopping early.
+            with torch.no_grad():
+                self.step_bias.copy_(torch.arange(self.MAX_STEP_BIAS + 1).float() - float(init_k) + 0.5)
 
     def forward(
         self,
@@ -55,10 +75,12 @@ class StopHead(nn.Module):
         best_remaining: torch.Tensor,  # (...)
         step_fraction: torch.Tensor,  # (...)
         step: torch.Tensor,  # (...) long: picks made so far
+        gap: torch.Tensor | None = None,  # (...) best kept score - best remaining (0 before any pick)
     ) -> torch.Tensor:
-        features = torch.cat(
-            [selected_mean, all_mean, best_remaining.unsqueeze(-1), step_fraction.unsqueeze(-1)], dim=-1
-        )
+        parts = [selected_mean, all_mean, best_remaining.unsqueeze(-1), step_fraction.unsqueeze(-1)]
+        if self.relative:
+            parts.append((gap if gap is not None else torch.zeros_like(best_remaining)).unsqueeze(-1))
+        features = torch.cat(parts, dim=-1)
         dtype = self.proj.weight.dtype
         logit = self.out(torch.tanh(self.proj(features.to(dtype)))).squeeze(-1).float()
         return logit + self.step_bias[step.clamp(max=self.MAX_STEP_BIAS)].float()
@@ -72,9 +94,25 @@ class StepLogProbs:
 
     values: torch.Tensor  # (G, L) float32
     mask: torch.Tensor  # (G, L) bool
+    # (G, L) log-odds of stopping against all remaining candidates at each step
+    # (-inf where STOP is not allowed); the remaining scores are detached, so a loss
+    # on it trains the STOP head only.
+    stop_log_odds: torch.Tensor | None = None
 
     def total(self) -> torch.Tensor:
         return (self.values * self.mask).sum(-1)
+
+
+def effective_stop_logit(stop_head: StopHead, raw: torch.Tensor, remaining_logits: torch.Tensor) -> torch.Tensor:
+    """The STOP logit that competes with the remaining candidates' logits.
+
+    ``raw`` (...) is the head's output, ``remaining_logits`` (..., n) the scores with
+    taken candidates at -inf. A relative head's output is the log-odds of stopping,
+    so its competing logit is ``raw + logsumexp(remaining)``.
+    """
+    if not stop_head.relative:
+        return raw
+    return raw + torch.logsumexp(remaining_logits, -1)
 
 
 def selection_limit(n: int, max_k: int | None) -> int:
@@ -94,7 +132,9 @@ def _stop_features(hidden: torch.Tensor, before: torch.Tensor, scores: torch.Ten
     best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
     steps = before.sum(-1).long()  # (G, L): picks made before each step
     fraction = steps.float() / max(norm_k, 1)
-    return selected_mean, all_mean, best, fraction, steps
+    kept_best = scores.masked_fill(~before.bool(), NEG_INF).max(-1).values
+    gap = torch.where(torch.isfinite(kept_best), kept_best - best, torch.zeros_like(best))
+    return selected_mean, all_mean, best, fraction, steps, gap
 
 
 def step_log_probs(
@@ -128,11 +168,11 @@ def step_log_probs(
     onehot[valid] = torch.nn.functional.one_hot(pick_index[valid], n).float()
     before = onehot.cumsum(1) - onehot  # picked strictly before step t
 
-    stop_logit = stop_head(*_stop_features(hidden, before, scores, norm_k))  # (G, L)
-
     steps = torch.arange(limit, device=device)
     stop_allowed = (steps >= min_k).expand(G, -1)
     cand_logits = scores.expand(G, limit, n).masked_fill(before.bool(), NEG_INF)
+    raw_stop = stop_head(*_stop_features(hidden, before, scores, norm_k))  # (G, L)
+    stop_logit = effective_stop_logit(stop_head, raw_stop, cand_logits)
     stop_column = stop_logit.masked_fill(~stop_allowed, NEG_INF).unsqueeze(-1)
     log_z = torch.logsumexp(torch.cat([cand_logits, stop_column], -1), -1)  # (G, L)
 
@@ -141,7 +181,12 @@ def step_log_probs(
     is_stop = (steps.unsqueeze(0) == ks.unsqueeze(1)) & stop_allowed
     values = torch.where(is_pick, pick_scores - log_z, torch.zeros_like(log_z))
     values = torch.where(is_stop, stop_logit - log_z, values)
-    return StepLogProbs(values, is_pick | is_stop)
+    if stop_head.relative:
+        log_odds = raw_stop
+    else:
+        log_odds = stop_logit - torch.logsumexp(cand_logits, -1).detach()
+    log_odds = log_odds.masked_fill(~stop_allowed, NEG_INF)
+    return StepLogProbs(values, is_pick | is_stop, log_odds)
 
 
 @torch.no_grad()
@@ -165,10 +210,12 @@ def sample_picks(
     before = torch.zeros(num, 1, n, device=device)
     done = torch.zeros(num, dtype=torch.bool, device=device)
     for t in range(limit):
-        stop_logit = stop_head(*_stop_features(hidden, before, scores, norm_k))[:, 0]
+        remaining = scores.masked_fill(before[:, 0].bool(), NEG_INF)
+        raw_stop = stop_head(*_stop_features(hidden, before, scores, norm_k))[:, 0]
+        stop_logit = effective_stop_logit(stop_head, raw_stop, remaining)
         if t < min_k:
             stop_logit = torch.full_like(stop_logit, NEG_INF)
-        logits = torch.cat([scores.masked_fill(before[:, 0].bool(), NEG_INF), stop_logit[:, None]], -1)
+        logits = torch.cat([remaining, stop_logit[:, None]], -1)
         uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-12).to(device)
         choice = (logits - torch.log(-torch.log(uniform))).argmax(-1)
         done |= choice == n
@@ -209,9 +256,10 @@ def greedy_k(
     for t in range(1, limit):
         prefix[0, t] = prefix[0, t - 1]
         prefix[0, t, order[t - 1]] = 1.0
-    stop_logit = stop_head(*_stop_features(hidden, prefix, scores, norm_k))[0]
+    raw_stop = stop_head(*_stop_features(hidden, prefix, scores, norm_k))[0]
     sorted_scores = scores[order]
     remaining_lse = torch.logcumsumexp(sorted_scores.flip(0), 0).flip(0)  # lse of order[t:]
+    stop_logit = raw_stop + remaining_lse[:limit] if stop_head.relative else raw_stop
     for t in range(min_k, limit):
         if stop_logit[t] > remaining_lse[t]:
             return t

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from ._version import __version__
 from .models import best_device, resolve_reranker
 from .plackett_luce import StopHead, greedy_k, sample_picks, selection_limit, step_log_probs
 from .tokenize import PairTokenizer
-from .types import Candidate, Selection, as_candidates
+from .types import Candidate, Selection, as_candidates, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ class RerankerSettings:
     include_title: bool = True
     stop_inner_size: int = 64
     stop_init_bias: float = 0.0
+    # "relative": the STOP head gives the log-odds of stopping (P(stop|t) = sigmoid);
+    # "absolute": round-1 models, whose STOP logit competes like one more candidate.
+    # Settings files without this key are round-1 models and load as "absolute".
+    stop_parametrization: str = "relative"
+    stop_init_k: float = 3.0  # a fresh relative STOP head starts with greedy k here
+    # The k cap the model was trained with: rerank's default top_n (None: no cap).
+    default_top_n: int | None = None
     version: str = ""
     base_model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,15 +84,15 @@ class Reranker(nn.Module):
         self.tokenizer = tokenizer
         self.settings = settings or RerankerSettings()
         hidden_size = int(scorer.config.hidden_size)
-        self.stop_head = stop_head or StopHead(
-            hidden_size, self.settings.stop_inner_size, self.settings.stop_init_bias
-        )
+        self.stop_head = stop_head or _new_stop_head(hidden_size, self.settings)
         self.name_or_path = name_or_path
         model_max = getattr(scorer.config, "max_position_embeddings", None) or self.settings.max_length
         self.pairs = PairTokenizer(tokenizer, min(self.settings.max_length, int(model_max)))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._accepts_token_types = "token_type_ids" in _forward_arg_names(scorer)
+        self.fresh_parameters: set[str] = set()  # names of freshly initialised parameters
+        self.frozen_lower: Any = None  # a FrozenLowerLayers while only the top layers train
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -120,7 +128,9 @@ class Reranker(nn.Module):
             logger.info("%s is a plain encoder: adding a fresh one-logit head (seed %d)", path, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            scorer = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            scorer, loading = AutoModelForSequenceClassification.from_pretrained(
+                path, output_loading_info=True, **kwargs
+            )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if settings is None:
             settings = RerankerSettings(
@@ -135,8 +145,11 @@ class Reranker(nn.Module):
         else:  # a fresh head, seeded like the fresh scoring head: same call, same model
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
-                stop_head = StopHead(scorer.config.hidden_size, settings.stop_inner_size, settings.stop_init_bias)
+                stop_head = _new_stop_head(scorer.config.hidden_size, settings)
         model = cls(scorer, tokenizer, settings, stop_head, name_or_path=resolved.alias or str(name_or_path))
+        # Weights the checkpoint did not have (a fresh scoring head): trainers give them
+        # a larger learning rate, since a near-zero head leaves Plackett-Luce uniform.
+        model.fresh_parameters = {f"scorer.{name}" for name in loading.get("missing_keys", [])}
         model.scorer.to(dtype=torch_dtype)
         model.eval()
         return model.to(device)
@@ -158,6 +171,25 @@ class Reranker(nn.Module):
         tmp.replace(directory / SETTINGS_FILE)  # atomic: a crash never leaves half a config
         return directory
 
+    def train_top_layers(self, n: int) -> None:
+        """Train only the top ``n`` encoder layers (0: all): the layers below freeze and
+        their outputs are computed once per (query, passage) pair and reused."""
+        from .frozen_layers import FrozenLowerLayers, encoder_layers
+
+        self.release_frozen_layers()
+        if not n:
+            return
+        layers = encoder_layers(self.scorer)
+        if layers is None:
+            logger.warning("%s has no BERT-like encoder.layer list: training all layers", type(self.scorer).__name__)
+        elif n < len(layers):  # n >= the depth: everything trains anyway
+            self.frozen_lower = FrozenLowerLayers(self.scorer, n)
+
+    def release_frozen_layers(self) -> None:
+        if self.frozen_lower is not None:
+            self.frozen_lower.release()
+            self.frozen_lower = None
+
     @property
     def version(self) -> str:
         """A short id of these weights, for feedback records and reports."""
@@ -178,7 +210,8 @@ class Reranker(nn.Module):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         if not query.strip():
             raise ValueError("query is empty")
-        cands = as_candidates(candidates)
+        check_text(query, "query")
+        cands = as_candidates(candidates)  # a str, None or a bad Candidate fails here, by name
         for i, c in enumerate(cands):
             if not isinstance(c.text, str):
                 raise TypeError(f"candidate {i} text must be a str, got {type(c.text).__name__}")
@@ -200,7 +233,10 @@ class Reranker(nn.Module):
         inputs = {"input_ids": ids_t.to(device), "attention_mask": mask_t.to(device)}
         if self._accepts_token_types:
             inputs["token_type_ids"] = types_t.to(device)
-        out = self.scorer(**inputs, output_hidden_states=True)
+        if self.frozen_lower is not None:
+            out = self.frozen_lower.forward(self.scorer, inputs, input_ids, types)
+        else:
+            out = self.scorer(**inputs, output_hidden_states=True)
         last = out.hidden_states[-1]
         if self.settings.pooling == "first":
             pooled = last[:, 0]
@@ -252,8 +288,8 @@ class Reranker(nn.Module):
 
     # ------------------------------------------------------------------ decisions
     def _limits(self, n: int, top_n: int | None, min_k: int) -> tuple[int, int | None]:
-        if min_k < 0:
-            raise ValueError(f"min_k must be >= 0, got {min_k}")
+        min_k = _count_arg("min_k", min_k, 0)
+        top_n = None if top_n is None else _count_arg("top_n", top_n, 0)
         if top_n is not None and top_n < min_k:
             raise ValueError(f"top_n ({top_n}) must be >= min_k ({min_k})")
         return min(min_k, n), top_n
@@ -269,7 +305,9 @@ class Reranker(nn.Module):
     ) -> Selection:
         """Greedy ranking; keeps candidates until STOP wins (within [min_k, top_n]).
 
-        With ``dynamic_k=False`` it keeps exactly ``top_n`` (all when ``top_n`` is None).
+        ``top_n=None`` means the cap the model was trained with (``settings.default_top_n``;
+        no cap for an untrained model). With ``dynamic_k=False`` it keeps exactly
+        ``top_n`` (all when ``top_n`` is None).
         """
         return self.rerank_batch([query], [candidates], top_n=top_n, min_k=min_k, dynamic_k=dynamic_k)[0]
 
@@ -284,6 +322,14 @@ class Reranker(nn.Module):
         batch_size: int | None = None,
     ) -> list[Selection]:
         """:meth:`rerank` for many queries, scored together in length-sorted batches."""
+        if top_n is None and dynamic_k:
+            top_n = self.settings.default_top_n  # the cap training used: STOP was never trained past it
+        # Bad arguments fail here, by name, before any scoring.
+        queries = _list_arg("queries", queries)
+        candidate_lists = _list_arg("candidate_lists", candidate_lists)
+        if batch_size is not None:
+            _count_arg("batch_size", batch_size, 1)
+        self._limits(0, top_n, min_k)
         if len(queries) != len(candidate_lists):
             raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
         checked = [self._check(q, c) for q, c in zip(queries, candidate_lists)]
@@ -293,7 +339,7 @@ class Reranker(nn.Module):
     def _greedy(self, scored: Scored, top_n: int | None, min_k: int, dynamic_k: bool) -> Selection:
         n = scored.scores.shape[0]
         min_k, top_n = self._limits(n, top_n, min_k)
-        scores = scored.scores.float()
+        scores = _finite(scored.scores.float())
         order = torch.argsort(scores, descending=True, stable=True)
         limit = selection_limit(n, top_n)
         if dynamic_k:
@@ -316,8 +362,8 @@ class Reranker(nn.Module):
         ``top_n`` caps k (default: the reranker's ``max_k`` setting). Each selection's
         ``log_prob`` is filled in.
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        _count_arg("n", n, 1)
+        self._limits(0, top_n, min_k)
         cands = self._check(query, candidates)
         with torch.no_grad():
             scored = self.score_pairs([query], [cands])[0]
@@ -328,7 +374,7 @@ class Reranker(nn.Module):
         self, scored: Scored, n: int, generator: torch.Generator | None = None, top_n: int | None = None, min_k: int = 1
     ) -> list[Selection]:
         """:meth:`sample` from already computed scores (the trainer scores many queries at once)."""
-        size = scored.scores.shape[0]
+        size = _finite(scored.scores).shape[0]
         top_n = self.settings.max_k if top_n is None else top_n
         min_k, top_n = self._limits(size, top_n, min_k)
         picks = sample_picks(
@@ -379,6 +425,36 @@ class Reranker(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def _count_arg(name: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low``; 2.5, "3" and True are not counts."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.40}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _list_arg(name: str, value: Any) -> list:
+    """A list of ``value``'s items; a str (which would split into characters), None or a
+    non-iterable is a TypeError naming the argument."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _finite(scores: torch.Tensor) -> torch.Tensor:
+    """``scores``, or a ValueError when one is NaN/inf (a broken model must not slip
+    silently into a selection or a feedback record)."""
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"the reranker scored candidate {i} as {float(scores[i])}: its weights hold NaN/inf "
+            "or its dtype overflowed (try dtype='float32')"
+        )
+    return scores
+
+
 def _complete_order(picks: list[int], scores: list[float]) -> list[int]:
     chosen = set(picks)
     rest = sorted((i for i in range(len(scores)) if i not in chosen), key=lambda i: -scores[i])
@@ -419,13 +495,24 @@ def _read_settings(path: str) -> RerankerSettings | None:
     data.pop("rrpo_version", None)
     if fmt != FORMAT_VERSION:
         raise ValueError(f"{file}: unsupported rrpo_format {fmt!r} (this rrpo reads {FORMAT_VERSION})")
+    data.setdefault("stop_parametrization", "absolute")  # saved before the key existed
     known = RerankerSettings.__dataclass_fields__
     return RerankerSettings(**{k: v for k, v in data.items() if k in known})
+
+
+def _new_stop_head(hidden_size: int, settings: RerankerSettings) -> StopHead:
+    if settings.stop_parametrization not in {"relative", "absolute"}:
+        raise ValueError(f"unknown stop_parametrization {settings.stop_parametrization!r}")
+    relative = settings.stop_parametrization == "relative"
+    return StopHead(
+        hidden_size, settings.stop_inner_size, settings.stop_init_bias,
+        relative=relative, init_k=settings.stop_init_k if relative else None,
+    )  # fmt: skip
 
 
 def _load_stop_head(path: Path, hidden_size: int, settings: RerankerSettings) -> StopHead:
     from safetensors.torch import load_file
 
-    head = StopHead(hidden_size, settings.stop_inner_size, settings.stop_init_bias)
+    head = _new_stop_head(hidden_size, settings)
     head.load_state_dict(load_file(str(path / STOP_HEAD_FILE)))
     return head

@@ -6,7 +6,8 @@ One protocol, two implementations and a cache:
   the user-message text from :func:`rrpo.prompts.build_prompt`; every reader applies its
   chat template itself, and ``loglik`` scores the target as the assistant's reply.
 - :class:`LocalReader` -- a transformers causal LM (local dir, ``.gguf`` file, hub id or
-  the offline default ``"smollm2-135m"``); batched, left-padded, greedy.
+  the offline default ``"smollm2-135m"``); likelihoods reuse the key/value cache of
+  shared prompt prefixes, answers are batched, left-padded, greedy.
 - :class:`OpenAIReader` -- any OpenAI-compatible endpoint through the official ``openai``
   client, with bounded async concurrency and retries.
 - :class:`CachedReader` (from :mod:`rrpo.cache`) -- wraps either and asks each distinct
@@ -20,13 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
+import math
 import os
 import random
+import re
 import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .cache import CachedReader  # re-exported: rrpo.readers.CachedReader
 from .models import best_device, resolve_reader
@@ -136,6 +141,16 @@ def _load_causal_lm(model: str, device: str, dtype: "torch.dtype", trust_remote_
         return lm, tokenizer
 
 
+def _context_window(model: Any) -> int | None:
+    """The most positions the model was built for (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def gguf_cache_root() -> Path:
     """Where dequantised GGUF checkpoints are kept: ``$RRPO_CACHE_DIR`` or ~/.cache/rrpo."""
     root = os.environ.get("RRPO_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rrpo")
@@ -186,6 +201,13 @@ class LocalReader:
     fp32 elsewhere. Prompts longer than ``max_prompt_tokens`` lose tokens from the middle
     (the chat header and the question at the end are kept). Loaded models are shared
     between readers with the same (path, device, dtype).
+
+    ``loglik`` shares key/value caches between rows (``prefix_sharing=True``): RRPO asks
+    for the prompts of every prefix of a ranking, and the prompt puts the passages before
+    the question, so those rows share most of their tokens. ``prefix_sharing=False`` (or a
+    model whose forward takes no cropable ``DynamicCache``) scores left-padded batches of
+    ``batch_size`` instead. ``stats`` counts the tokens asked for and the tokens run
+    through the model (``reset_stats()`` zeroes it).
     """
 
     def __init__(
@@ -198,6 +220,7 @@ class LocalReader:
         max_prompt_tokens: int = 1024,
         trust_remote_code: bool = False,
         progress: bool = True,
+        prefix_sharing: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -213,8 +236,20 @@ class LocalReader:
         self.model, self.tokenizer = _load_causal_lm(
             self.model_name, self.device, self.dtype, trust_remote_code
         )
+        window = _context_window(self.model)
+        if window and max_prompt_tokens + max_new_tokens > window:
+            raise ValueError(
+                f"max_prompt_tokens ({max_prompt_tokens}) + max_new_tokens ({max_new_tokens}) exceed "
+                f"the context window of {self.model_name!r} ({window} tokens); use "
+                f"max_prompt_tokens <= {window - max_new_tokens}"
+            )
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._warned_truncation = False
+        self._cache_arg = self._cache_argument() if prefix_sharing else None
+        self.prefix_sharing = self._cache_arg is not None
+        if prefix_sharing and not self.prefix_sharing:
+            logger.info("%s: no cropable DynamicCache; loglik uses padded batches", self.model_name)
+        self.reset_stats()
 
     @property
     def identity(self) -> str:
@@ -228,6 +263,12 @@ class LocalReader:
 
     def __repr__(self) -> str:
         return f"LocalReader({self.model_name!r}, device={self.device!r}, dtype={self.dtype})"
+
+    def reset_stats(self) -> None:
+        """Zero ``stats``: ``rows`` scored, ``tokens_requested`` (the rows' token counts:
+        what scoring each row on its own costs) and ``tokens_evaluated`` (tokens the model
+        actually ran, padding included)."""
+        self.stats = {"rows": 0, "tokens_requested": 0, "tokens_evaluated": 0}
 
     # -- text -> token ids
 
@@ -323,6 +364,13 @@ class LocalReader:
             tgt = tgt[: self.max_prompt_tokens // 2]  # a target never crowds out the whole context
             rows.append(self._fit(ctx, self.max_prompt_tokens - len(tgt)) + tgt)
             target_lens.append(len(tgt))
+        self.stats["rows"] += len(rows)
+        self.stats["tokens_requested"] += sum(len(r) for r in rows)
+        if self._cache_arg:
+            return self._loglik_shared(rows, target_lens)
+        return self._loglik_padded(rows, target_lens)
+
+    def _loglik_padded(self, rows: list[list[int]], target_lens: list[int]) -> list[float]:
         scores: list[float] = [0.0] * len(rows)
         for batch in self._batches([len(r) for r in rows], "reader likelihoods"):
             batch_scores = self._loglik_batch([rows[i] for i in batch], [target_lens[i] for i in batch])
@@ -337,6 +385,7 @@ class LocalReader:
         import torch
 
         input_ids, attention = self._left_pad(rows)
+        self.stats["tokens_evaluated"] += input_ids.numel()
         # Positions count real tokens only, so a left-padded row scores like an unpadded one.
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         width = max(target_lens)
@@ -356,6 +405,102 @@ class LocalReader:
             is_target = torch.arange(width, device=token_lp.device) >= (width - lens).unsqueeze(1)
             means = (token_lp * is_target).sum(-1) / lens
         return [float(x) for x in means.cpu()]
+
+    # -- loglik with shared prefixes
+
+    def _cache_argument(self) -> str | None:
+        """The forward's name for a key/value cache, or None when prefix sharing cannot
+        work: no cache argument, or cache layers (sliding window, linear attention) that
+        cannot be cropped back to an arbitrary earlier length."""
+        params = inspect.signature(self.model.forward).parameters
+        # transformers 5 renamed past_key_values to cache (the old name is deprecated).
+        name = next((n for n in ("cache", "past_key_values") if n in params), None)
+        if name is None:
+            return None
+        try:
+            layers = getattr(_dynamic_cache(self.model.config), "layers", None) or []
+        except Exception:  # noqa: BLE001 - a config no DynamicCache fits: do not share
+            return None
+        if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return None
+        return name
+
+    def _loglik_shared(self, rows: list[list[int]], target_lens: list[int]) -> list[float]:
+        """Score rows in lexicographic order of their token ids, with one cache.
+
+        Sorted rows visit the token trie in depth-first pre-order, so cropping the cache
+        back to the longest common prefix with the next row computes every trie node once
+        (the passages of a ranking's prefixes, the start shared by sampled rankings).
+        Identical rows are scored once.
+        """
+        scores: list[float] = [0.0] * len(rows)
+        cache, cached = None, []  # cached: the token ids the cache holds
+        previous = None
+        order = sorted(range(len(rows)), key=lambda i: rows[i])
+        for i in self._progress(order, "reader likelihoods"):
+            if previous is not None and rows[i] == rows[previous] and target_lens[i] == target_lens[previous]:
+                scores[i] = scores[previous]
+                continue
+            cache, cached = self._reuse(cache, cached, rows[i], target_lens[i])
+            scores[i] = self._loglik_tail(cache, len(cached), rows[i], target_lens[i])
+            cached = rows[i][:-1]
+            previous = i
+        return scores
+
+    def _reuse(self, cache, cached: list[int], row: list[int], target_len: int):
+        """The cache cropped to what ``row`` can reuse. It must stop before the last
+        context token: the logits predicting the target come from that position on."""
+        keep = min(_common_prefix(cached, row), len(row) - target_len - 1)
+        if cache is None or keep <= 0:
+            return _dynamic_cache(self.model.config), []
+        if keep < len(cached):
+            # A negative count drops tokens (transformers 5 accepts nothing else; 4.x too).
+            cache.crop(keep - len(cached))
+        return cache, cached[:keep]
+
+    def _loglik_tail(self, cache, start: int, row: list[int], target_len: int) -> float:
+        """Run ``row[start:-1]`` after the ``start`` cached tokens; the last target token
+        is never an input (nothing after it is scored), and only the ``target_len``
+        positions that predict target tokens go through the lm_head."""
+        import torch
+
+        tail = torch.tensor([row[start:-1]], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, len(row) - 1, device=self.device).unsqueeze(0)
+        kwargs = {self._cache_arg: cache, "use_cache": True, "position_ids": positions}
+        self.stats["tokens_evaluated"] += tail.shape[1]
+        with torch.inference_mode():
+            if self._keeps_logits:
+                logits = self.model(input_ids=tail, logits_to_keep=target_len, **kwargs).logits
+            else:
+                logits = self.model(input_ids=tail, **kwargs).logits[:, -target_len:]
+            logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+            target = torch.tensor(row[-target_len:], dtype=torch.long, device=logprobs.device)
+            return float(logprobs.gather(-1, target.unsqueeze(-1)).mean())
+
+    def _progress(self, items: list[int], desc: str):
+        if self.progress and len(items) > 3 * self.batch_size:
+            from tqdm.auto import tqdm
+
+            return tqdm(items, desc=desc, leave=False)
+        return items
+
+
+def _dynamic_cache(config: Any):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)  # transformers 5: one layer per layer type
+    except TypeError:  # transformers 4.x: layers are created as they fill
+        return DynamicCache()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token id lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 # --------------------------------------------------------------------------- openai
@@ -394,6 +539,83 @@ def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
     return box["value"]
 
 
+def split_url_secrets(url: str) -> tuple[str, str, list[tuple[str, str]], str | None]:
+    """Take the credentials out of a base URL.
+
+    Returns ``(request_url, shown_url, query, userinfo_key)``: the URL without its query
+    string or ``user:password@`` part (what the client is built on), the same with the
+    query's values masked (what identity, repr, errors and the cache show), the query
+    parameters (sent with every request, below httpx's request log), and the password
+    (or user name) of a ``https://user:KEY@host`` URL.
+    """
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    key = parts.password or parts.username or None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    request_url = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    shown = request_url + ("?" + "&".join(f"{name}=***" for name, _ in query) if query else "")
+    return request_url, shown, query, key
+
+
+def _http_client_with_query(query: list[tuple[str, str]]) -> Any:
+    """The openai client's default async HTTP client, with a transport that adds
+    ``query`` to each request on its way out. httpx logs the request it built, so a key
+    in these parameters reaches the server but never a log line."""
+    import importlib
+
+    from openai import DefaultAsyncHttpxClient
+
+    # httpx, or the fork a given openai release is built on (httpx2): whichever it uses.
+    root = next(c.__module__.split(".")[0] for c in DefaultAsyncHttpxClient.__mro__ if not c.__module__.startswith("openai"))
+    http = importlib.import_module(root)
+
+    class QueryTransport(http.AsyncHTTPTransport):
+        async def handle_async_request(self, request: Any) -> Any:
+            sent = http.Request(
+                request.method, request.url.copy_merge_params(query), headers=request.headers,
+                stream=request.stream, extensions=request.extensions,
+            )  # fmt: skip
+            return await super().handle_async_request(sent)
+
+    return DefaultAsyncHttpxClient(transport=QueryTransport())
+
+
+# What servers say when a prompt does not fit (OpenAI, vLLM and llama-cpp-python use
+# the first wording; llama.cpp's own server the last).
+_OVERFLOW = re.compile(r"context (?:length|window|size)|too many tokens|prompt is too long", re.IGNORECASE)
+_CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
+_REQUESTED = re.compile(r"(?:requested|request has) (\d+)(?: input)? tokens(?: \((\d+) in)?", re.IGNORECASE)
+_MAX_CUTS = 3
+
+
+def _overflow_keep(exc: BaseException) -> float | None:
+    """For a "prompt too long" error: the share of the prompt to keep; else None."""
+    message = str(getattr(exc, "message", "") or exc)
+    if getattr(exc, "code", None) != "context_length_exceeded" and not _OVERFLOW.search(message):
+        return None
+    limit, asked = _CONTEXT_LIMIT.search(message), _REQUESTED.search(message)
+    if not (limit and asked):
+        return 0.5  # the server did not say by how much: halve and ask again
+    total = int(asked.group(1))
+    prompt_tokens = int(asked.group(2) or total)
+    room = int(limit.group(1)) - (total - prompt_tokens)  # the completion needs its tokens too
+    return min(0.9, max(0.05, 0.9 * room / max(1, prompt_tokens)))  # 0.9: chars are not tokens
+
+
+def _cut_middle(text: str, size: int) -> str:
+    """``text`` cut to about ``size`` characters from the middle: the instruction at the
+    start and the question at the end stay (as :class:`LocalReader` cuts tokens)."""
+    if len(text) <= size:
+        return text
+    head = min(256, size // 4)
+    return text[:head] + " ... " + text[len(text) - max(0, size - head):]
+
+
+def _preview(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:120] + ("..." if len(text) > 120 else "")
+
+
 class OpenAIReader:
     """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, TGI, Ollama...) as reader.
 
@@ -405,6 +627,14 @@ class OpenAIReader:
     a string holding ``{prompt}`` (the target is appended right after it). Requests run concurrently (at most ``max_concurrency``); 429, 5xx,
     timeouts and dropped connections are retried ``max_retries`` times with exponential
     backoff; then a :class:`ReaderError` names the endpoint, never the API key.
+
+    A key may also sit in ``base_url`` (``?api-key=...`` or ``https://user:KEY@host``):
+    query parameters are sent with every request but masked in ``base_url``,
+    ``identity``, ``repr``, errors and logs; a ``user:KEY@`` part is used as the API key
+    when ``api_key`` is not given. A prompt the server finds longer than its context
+    window loses text from its middle (with one warning) and is asked again, so one
+    long prompt does not fail a batch. A reply that is not the expected JSON is a
+    :class:`ReaderError` saying what was missing.
     """
 
     def __init__(
@@ -433,9 +663,14 @@ class OpenAIReader:
                 f"containing '{{prompt}}', got {loglik_format!r}"
             )
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        # base_url is the one shown (identity, repr, errors, the cache): no secrets in it.
+        self._request_url, self.base_url, self._query, url_key = split_url_secrets(url)
         # Kept private and out of repr/identity/errors. Local servers accept any key.
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        self._api_key = api_key or url_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        # Short values (a "1", an "en") are no secret, and masking them would garble messages.
+        self._secrets = [v for v in [self._api_key, url_key, *(v for _, v in self._query)] if v and len(v) >= 4]
+        self._warned_cut = False
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.timeout = timeout
@@ -481,9 +716,12 @@ class OpenAIReader:
     def _client(self):
         from openai import AsyncOpenAI
 
+        extra: dict[str, Any] = {}
+        if self._query:
+            extra["http_client"] = _http_client_with_query(self._query)
         # Retries are ours (they count attempts and name the endpoint on failure).
         return AsyncOpenAI(
-            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+            api_key=self._api_key, base_url=self._request_url, timeout=self.timeout, max_retries=0, **extra
         )
 
     async def _gather(self, items: list[Any], once: Callable, what: str) -> list[Any]:
@@ -499,7 +737,9 @@ class OpenAIReader:
             return list(await asyncio.gather(*(run(item) for item in items)))
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         import openai
@@ -519,6 +759,8 @@ class OpenAIReader:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter spreads retries
             except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
                 raise self._error(what, exc, attempt + 1) from None
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:  # a 200 that is not JSON
+                raise self._malformed(what, f"the body is not valid JSON ({self._redact(str(exc))[:200]})") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _error(self, what: str, exc: BaseException, attempts: int) -> ReaderError:
@@ -531,44 +773,102 @@ class OpenAIReader:
             f"{attempts} attempt(s): {detail}: {message}"
         )
 
+    def _malformed(self, what: str, detail: str) -> ReaderError:
+        # The detail quotes the reply, which a careless server may fill with the key.
+        return ReaderError(f"{what} reply from {self.base_url} (model {self.model!r}) is malformed: {self._redact(detail)}")
+
+    async def _fitting(self, ask: Callable[[str], Awaitable[T]], prompt: str) -> T:
+        """``ask(prompt)``; a prompt the server says is too long for its context window
+        is cut in the middle and asked again (at most ``_MAX_CUTS`` times)."""
+        import openai
+
+        for _ in range(_MAX_CUTS):
+            try:
+                return await ask(prompt)
+            except openai.BadRequestError as exc:
+                keep = _overflow_keep(exc)
+                if keep is None:
+                    raise
+            self.attempts += 1
+            if not self._warned_cut:
+                logger.warning(
+                    "a reader prompt of %d characters is too long for %s's context window: cutting "
+                    "its middle (use fewer or shorter passages)", len(prompt), self.base_url,
+                )
+                self._warned_cut = True
+            prompt = _cut_middle(prompt, int(len(prompt) * keep))
+        return await ask(prompt)
+
     async def _chat_once(self, client: Any, prompt: str) -> str:
-        response = await client.chat.completions.create(
-            model=self.model,
-            messages=[{"role": "user", "content": prompt}],
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-        )
-        return first_line(response.choices[0].message.content or "")
+        async def ask(text: str) -> Any:
+            return await client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": text}],
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
+
+        return first_line(self._chat_content(await self._fitting(ask, prompt)))
+
+    def _chat_content(self, response: Any) -> str:
+        try:
+            content = response.choices[0].message.content
+        except (AttributeError, TypeError, IndexError, KeyError):
+            raise self._malformed("chat completion", f"no choices[0].message.content in {_preview(response)}") from None
+        if content is not None and not isinstance(content, str):
+            raise self._malformed("chat completion", f"the message content is {type(content).__name__}, not text")
+        return content or ""
 
     def _format_pair(self, prompt: str, target: str) -> tuple[str, str]:
         template, joiner = _LOGLIK_FORMATS.get(self.loglik_format, (self.loglik_format, ""))
         return template.format(prompt=prompt), joiner + target
 
     async def _loglik_once(self, client: Any, pair: tuple[str, str]) -> float:
-        context, target = self._format_pair(*pair)
-        response = await client.completions.create(
-            model=self.model,
-            prompt=context + target,
-            echo=True,
-            logprobs=1,
-            max_tokens=1,  # 0 means "until the context is full" on some servers
-            temperature=0.0,
-        )
-        return self._target_mean(response, target)
+        prompt, target = pair
+        suffix = self._format_pair(prompt, target)[1]  # the target as it follows the prompt
 
-    def _target_mean(self, response: Any, target: str) -> float:
-        choice = response.choices[0]
-        lp = getattr(choice, "logprobs", None)
+        async def ask(text: str) -> Any:
+            return await client.completions.create(
+                model=self.model,
+                prompt=self._format_pair(text, target)[0] + suffix,
+                echo=True,
+                logprobs=1,
+                max_tokens=1,  # 0 means "until the context is full" on some servers
+                temperature=0.0,
+            )
+
+        return self._target_mean(await self._fitting(ask, prompt), suffix)
+
+    def _echoed(self, response: Any) -> tuple[list[str], list[float | None]]:
+        """The echoed tokens and their log-probabilities (the generated ones dropped),
+        checked: a reply without them says what was missing."""
+        try:
+            lp = getattr(response.choices[0], "logprobs", None)
+        except (AttributeError, TypeError, IndexError, KeyError):
+            raise self._malformed("completion", f"no choices[0] in {_preview(response)}") from None
         if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "tokens", None):
             raise ReaderError(
                 f"the completions endpoint at {self.base_url} returned no echoed prompt "
                 f"log-probabilities for model {self.model!r}; loglik needs a server that "
                 "supports echo=True with logprobs (vLLM, llama.cpp with logits_all)"
             )
-        tokens, values = list(lp.tokens), list(lp.token_logprobs)
+        tokens, values = lp.tokens, lp.token_logprobs
+        if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+            raise self._malformed("completion", "logprobs.tokens and logprobs.token_logprobs are not lists of one length")
+        if not all(isinstance(t, str) for t in tokens):
+            raise self._malformed("completion", "logprobs.tokens holds entries that are not text")
+        for v in values:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise self._malformed("completion", f"the log-probability {_preview(v)} is not a finite number")
         generated = getattr(getattr(response, "usage", None), "completion_tokens", None) or 0
+        if not isinstance(generated, int) or not 0 <= generated <= len(tokens):
+            raise self._malformed("completion", f"usage.completion_tokens is {_preview(generated)}")
         if generated:
             tokens, values = tokens[:-generated], values[:-generated]
+        return tokens, values
+
+    def _target_mean(self, response: Any, target: str) -> float:
+        tokens, values = self._echoed(response)
         # The target is the echoed text's suffix: walk back over its tokens.
         picked: list[float] = []
         covered = 0
@@ -594,7 +894,9 @@ def get_reader(spec: str | Reader, **kwargs: Any) -> Reader:
     - anything else (``"smollm2-135m"``, a directory, a ``.gguf`` file, a hub id) ->
       :class:`LocalReader`.
 
-    A reader object is returned unchanged. ``kwargs`` go to the constructor.
+    A reader object is returned unchanged. ``kwargs`` go to the constructor; the
+    local-model settings in ``LOCAL_ONLY_KWARGS`` (``device``, ``dtype``...) are dropped
+    for a reader that takes none, so one call site (the CLI) can pass them to any spec.
     """
     if not isinstance(spec, str):
         if isinstance(spec, Reader):
@@ -605,7 +907,22 @@ def get_reader(spec: str | Reader, **kwargs: Any) -> Reader:
         model, _, base_url = rest.partition("@")
         if not model:
             raise ValueError(f"reader spec {spec!r}: expected 'openai:MODEL' or 'openai:MODEL@BASE_URL'")
-        return OpenAIReader(model, base_url=base_url or kwargs.pop("base_url", None), **kwargs)
+        base_url = base_url or kwargs.pop("base_url", None)
+        return OpenAIReader(model, base_url=base_url, **_accepted_kwargs(OpenAIReader, kwargs))
     if not spec.strip():
         raise ValueError("reader spec is empty; use 'smollm2-135m', a path, or 'openai:MODEL@URL'")
-    return LocalReader(spec, **kwargs)
+    return LocalReader(spec, **_accepted_kwargs(LocalReader, kwargs))
+
+
+# Settings of a model loaded in this process; a remote endpoint has no use for them.
+LOCAL_ONLY_KWARGS = frozenset({"device", "dtype", "batch_size", "progress", "trust_remote_code", "max_prompt_tokens"})
+
+
+def _accepted_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` minus the local-only settings ``cls`` does not take. Anything else is
+    passed on, so a misspelt keyword still fails loudly in the constructor."""
+    params = inspect.signature(cls.__init__).parameters
+    dropped = [k for k in kwargs if k in LOCAL_ONLY_KWARGS and k not in params]
+    if dropped:
+        logger.debug("%s ignores %s", cls.__name__, ", ".join(sorted(dropped)))
+    return {k: v for k, v in kwargs.items() if k not in dropped}

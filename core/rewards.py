@@ -23,6 +23,8 @@ normalisation, best over the gold answers); ``gold_loglik`` from one forward pas
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 import string
 from collections import Counter
@@ -31,6 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 from .prompts import build_prompt, context_words, format_passages
 
 RewardFn = Callable[..., list]
+
+logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- metrics
 
@@ -185,11 +189,13 @@ DEFAULT_RUBRIC = (
     'Reply with only "Score: N" where N is 1 to 5.'
 )
 
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
+# A number, its exponent included: "1e400" must read as one (infinite) value, not as 1.
+_NUMBER = r"(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
 _JSON_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 _FRACTION = re.compile(_NUMBER + r"\s*(?:/|out of)\s*" + _NUMBER, re.IGNORECASE)
 _PERCENT = re.compile(_NUMBER + r"\s*%")
-_KEYWORD = re.compile(r"(?:score|rating|grade)\W{0,3}" + _NUMBER, re.IGNORECASE)
+# The gap after the keyword may not swallow a minus sign ("score: -1" is -1, not 1).
+_KEYWORD = re.compile(r"(?:score|rating|grade)[^\w-]{0,3}" + _NUMBER, re.IGNORECASE)
 _ANY_NUMBER = re.compile(_NUMBER)
 
 
@@ -198,6 +204,8 @@ def _on_scale(literal: str | float, scale: tuple[float, float]) -> float | None:
     a value on the rubric's scale (1-5 by default) is rescaled; anything else is None."""
     low, high = scale
     value = float(literal)
+    if not math.isfinite(value):
+        return None
     is_decimal = isinstance(literal, float) or (isinstance(literal, str) and "." in literal)
     if is_decimal and 0.0 <= value <= 1.0:
         return value
@@ -240,7 +248,7 @@ def parse_judge_score(text: str | None, scale: tuple[float, float] = (1.0, 5.0))
     fraction = _FRACTION.search(text)
     if fraction:
         top, bottom = float(fraction.group(1)), float(fraction.group(2))
-        return top / bottom if bottom > 0 and 0 <= top <= bottom else None
+        return top / bottom if math.isfinite(bottom) and bottom > 0 and 0 <= top <= bottom else None
     percent = _PERCENT.search(text)
     if percent:
         value = float(percent.group(1))
@@ -269,7 +277,10 @@ def llm_judge(
 ) -> RewardFn:
     """A reward where ``judge`` (any reader; default: the reward's own reader) grades the
     reader's answer against the query and the passages. Malformed grades -> None; an
-    empty answer scores 0 without asking the judge."""
+    empty answer scores 0 without asking the judge. A judge that cannot be reached
+    (a :class:`~rrpo.readers.ReaderError`) gives None for the batch, with one warning,
+    so training skips those samples instead of stopping."""
+    warned = False
 
     def reward(
         *, queries, contexts=None, answers=None, reader=None, prompts=None, generations=None, **columns
@@ -284,11 +295,23 @@ def llm_judge(
         if asks and grader is None:
             raise ValueError("llm_judge needs a judge reader (or the reward's reader)")
         requests = [judge_prompt(queries[i], contexts[i], preds[i], golds[i], rubric, max_words) for i in asks]
-        grades = grader.generate(requests) if asks else []
+        grades = ask_judge(grader, requests) if asks else []
         scores: list[float | None] = [0.0] * n
         for i, grade in zip(asks, grades):
             scores[i] = parse_judge_score(grade, scale)
         return scores
+
+    def ask_judge(grader: Any, requests: list[str]) -> list[str | None]:
+        from .readers import ReaderError
+
+        nonlocal warned
+        try:
+            return grader.generate(requests)
+        except ReaderError as err:  # endpoint down, retries spent: no grade, not a crash
+            if not warned:
+                logger.warning("llm_judge: the judge did not answer (%s); those samples get None", err)
+                warned = True
+            return [None] * len(requests)
 
     reward.__name__ = reward.__qualname__ = "llm_judge"
     return reward

@@ -31,6 +31,7 @@ from .types import Candidate, Example
 
 __all__ = [
     "ATTRIBUTES",
+    "AnswerPassageReader",
     "Organisation",
     "Person",
     "Place",
@@ -466,10 +467,19 @@ def generate_examples(
         )
     rng = random.Random(f"rrpo-examples-{seed}")
     rng.shuffle(pairs)
+    # The id names the question itself (attribute, entity, world), not only its position:
+    # the same seed with another n builds another world, and position-only ids collided.
     return [
-        _example(rng, world, ATTRIBUTES[attr], entity, f"syn-{seed}-{i}", rng.randint(lo, hi))
+        _example(rng, world, ATTRIBUTES[attr], entity, _example_id(seed, i, attr, entity, world), rng.randint(lo, hi))
         for i, (attr, entity) in enumerate(pairs[:n_questions])
     ]
+
+
+def _example_id(seed: int, index: int, attr: str, entity, world: World) -> str:
+    import hashlib
+
+    digest = hashlib.sha1(f"{attr}|{entity.name}|{len(world.names())}".encode()).hexdigest()[:8]
+    return f"syn-{seed}-{index}-{digest}"
 
 
 def _example(rng: random.Random, world: World, attr: Attribute, entity, ex_id: str, n: int) -> Example:
@@ -571,3 +581,43 @@ def relevance_labels(example: Example) -> list[bool]:
     but so are the on-topic ones that never state the answer.)"""
     gold = example.gold or [False] * len(example.candidates)
     return [bool(c.metadata.get("on_topic")) or g for c, g in zip(example.candidates, gold)]
+
+
+# ------------------------------------------------------------------------ scripted reader
+
+
+class AnswerPassageReader:
+    """A reader that costs nothing, for learning benchmarks and tests on this world.
+
+    Its log-likelihood of a gold answer is ``found`` when a passage of the prompt states
+    the answer (on this world: the gold passage, and only it), ``missing`` otherwise,
+    minus ``per_passage`` for every passage shown, so the best context is the answer
+    passage alone and both the ranking and when to stop matter. It reads the prompt that
+    :func:`rrpo.prompts.build_prompt` writes. ``generate`` answers with the first gold
+    value it finds in the passages ("" when none).
+    """
+
+    def __init__(self, found: float = -1.0, missing: float = -5.0, per_passage: float = 0.3) -> None:
+        self.found, self.missing, self.per_passage = found, missing, per_passage
+        self.identity = f"answer-passage:{found}/{missing}/{per_passage}"
+        self.calls = 0
+
+    @staticmethod
+    def _passages(prompt: str) -> list[str]:
+        body = prompt.split("\n\nQuestion:", 1)[0]
+        return [block for block in body.split("\n\n") if re.match(r"\[\d+\] ", block)]
+
+    def loglik(self, prompts: list[str], targets: list[str]) -> list[float]:
+        if len(prompts) != len(targets):
+            raise ValueError(f"loglik: got {len(prompts)} prompts but {len(targets)} targets")
+        self.calls += len(prompts)
+        out = []
+        for prompt, target in zip(prompts, targets):
+            passages = self._passages(prompt)
+            hit = any(_mentions(p, [target]) for p in passages)
+            out.append((self.found if hit else self.missing) - self.per_passage * len(passages))
+        return out
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        self.calls += len(prompts)
+        return ["" for _ in prompts]

@@ -11,6 +11,9 @@ pair directly (correct, just uncached).
 
 from __future__ import annotations
 
+import sys
+import threading
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -91,30 +94,78 @@ def assemble(template: PairTemplate, q: Sequence[int], d: Sequence[int]) -> tupl
 
 
 class PairTokenizer:
-    """Turns (query, documents) into model inputs; truncates the document side only."""
+    """Turns (query, documents) into model inputs; truncates the document side only.
 
-    def __init__(self, tokenizer: Any, max_length: int, cache_size: int = 200_000):
+    Document ids are cached least-recently-used, bounded by entries (``cache_size``) and
+    by bytes (``cache_bytes``, ids and keys counted): ids are kept as 4-byte arrays,
+    not lists of Python ints (36 bytes a token). One lock guards the cache, so threads
+    may share a reranker; tokenising runs outside it.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, cache_size: int = 200_000, cache_bytes: int = 256 * 2**20):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.template = read_template(tokenizer)
         self.cache_size = cache_size
-        self._doc_cache: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        self.cache_bytes = cache_bytes
+        self._doc_cache: OrderedDict[tuple[str, str], array] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
 
+    def __getstate__(self) -> dict:
+        # A lock cannot be copied or pickled; a copy (the trainer's frozen reference is a
+        # deepcopy of the policy) gets a lock of its own.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def cached_bytes(self) -> int:
+        """What the cached entries hold (their ids and keys), in bytes."""
+        return self._cached_bytes
+
+    @staticmethod
+    def _entry_bytes(key: tuple[str, str], ids: array) -> int:
+        return sys.getsizeof(ids) + sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + 64  # + the dict slot
+
     def doc_ids(self, keys: Sequence[tuple[str, str]]) -> list[list[int]]:
         """Token ids of documents keyed by (candidate id, text); tokenises misses in one batch."""
-        missing = [key for key in dict.fromkeys(keys) if key not in self._doc_cache]
-        self.cache_misses += len(missing)
-        self.cache_hits += len(keys) - len(missing)
+        found: dict[tuple[str, str], array] = {}
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                ids = self._doc_cache.get(key)
+                if ids is not None:
+                    self._doc_cache.move_to_end(key)
+                    found[key] = ids
+            missing = [key for key in dict.fromkeys(keys) if key not in found]
+            self.cache_misses += len(missing)
+            self.cache_hits += len(keys) - len(missing)
         if missing:
             encoded = self.tokenizer([text for _, text in missing], add_special_tokens=False)["input_ids"]
-            for key, ids in zip(missing, encoded):
-                # Keep only what can ever be used, so one huge passage cannot bloat the cache.
-                self._doc_cache[key] = list(ids[: self.max_length])
-            while len(self._doc_cache) > self.cache_size:
-                self._doc_cache.popitem(last=False)
-        return [self._doc_cache[key] for key in keys]
+            # Keep only what can ever be used, so one huge passage cannot bloat the cache.
+            fresh = {key: array("i", ids[: self.max_length]) for key, ids in zip(missing, encoded)}
+            found.update(fresh)
+            self._store(fresh)
+        # Answered from ``found``, not the cache: another thread may evict meanwhile.
+        return [list(found[key]) for key in keys]
+
+    def _store(self, fresh: dict[tuple[str, str], array]) -> None:
+        with self._lock:
+            for key, ids in fresh.items():
+                if key not in self._doc_cache:
+                    self._doc_cache[key] = ids
+                    self._cached_bytes += self._entry_bytes(key, ids)
+            while self._doc_cache and (
+                len(self._doc_cache) > self.cache_size or self._cached_bytes > self.cache_bytes
+            ):
+                old_key, old_ids = self._doc_cache.popitem(last=False)
+                self._cached_bytes -= self._entry_bytes(old_key, old_ids)
 
     def query_ids(self, query: str) -> list[int]:
         ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]

@@ -8,10 +8,27 @@ adapters) can use them freely.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` unchanged, or a ValueError naming ``what`` when it holds a lone surrogate
+    (text decoded with ``errors="surrogateescape"``, or JSON with a stray ``\\ud800``):
+    no tokenizer or database can encode it, and the error there names nothing."""
+    if not text.isascii():
+        bad = _SURROGATE.search(text)
+        if bad:
+            raise ValueError(
+                f"{what} holds a lone surrogate (U+{ord(bad.group()):04X} at character {bad.start()}), "
+                "which is not valid Unicode; decode the source with errors='replace'"
+            )
+    return text
 
 
 @dataclass
@@ -27,6 +44,21 @@ class Candidate:
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
+
+    def __post_init__(self) -> None:
+        # Checked once here, so a bad passage fails naming itself, not deep in a tokenizer.
+        if isinstance(self.id, int) and not isinstance(self.id, bool):
+            self.id = str(self.id)  # ids are compared as strings everywhere (feedback, data files)
+        if not isinstance(self.id, str):
+            raise TypeError(f"Candidate id must be a str, got {type(self.id).__name__}: {self.id!r:.60}")
+        if not isinstance(self.text, str):
+            raise TypeError(f"candidate {self.id!r}: text must be a str, got {type(self.text).__name__}")
+        if self.title is None:
+            self.title = ""
+        if not isinstance(self.title, str):
+            raise TypeError(f"candidate {self.id!r}: title must be a str, got {type(self.title).__name__}")
+        check_text(self.text, f"candidate {self.id!r} text")
+        check_text(self.title, f"candidate {self.id!r} title")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +76,9 @@ class Candidate:
 
 def as_candidates(items: Sequence[Candidate | str]) -> list[Candidate]:
     """Accept candidates or bare strings (ids become the list position)."""
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        hint = " (wrap a single passage in a list)" if isinstance(items, (str, bytes)) else ""
+        raise TypeError(f"candidates must be a list of str or rrpo.Candidate, got {type(items).__name__}{hint}")
     out: list[Candidate] = []
     for i, item in enumerate(items):
         if isinstance(item, Candidate):

@@ -154,7 +154,8 @@ def main(argv=None) -> int:
         example.metadata.setdefault("kept_ids", list(record.kept_ids))  # what the user saw
         training.append(example)
     config = RRPOConfig(max_steps=3, group_size=2, reward="user_rating", queries_per_step=4, max_k=3,
-                        out_dir=str(out / "rrpo"), progress=False, device="cpu", checkpoint_every=0)
+                        out_dir=str(out / "rrpo"), progress=False, device="cpu", checkpoint_every=0,
+                        overwrite=True)  # a second run with the same --out starts over
     trained = RRPOTrainer(policy=copy.deepcopy(reranker), reader=reader, examples=training, config=config).train()
     print(f"trained {config.max_steps} RRPO steps on {len(training)} rated records -> {out / 'rrpo'}")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
-from typing import Any
+from typing import Any, Sequence
 
 from langchain_core.documents import Document
 
 from rrpo import Candidate
+from rrpo.adapter_support import copy_metadata, unique_ids
 
 
 def document_id(doc: Document) -> str:
@@ -22,16 +22,23 @@ def document_id(doc: Document) -> str:
     return "sha1:" + hashlib.sha1(doc.page_content.encode("utf-8")).hexdigest()[:16]
 
 
-def document_to_candidate(doc: Document) -> Candidate:
+def document_ids(docs: Sequence[Document]) -> list[str]:
+    """The ids of a list of documents, unique within it: two copies of one text without
+    ids get ``sha1:...`` and ``sha1:...#2``, so a record never merges them."""
+    return unique_ids([document_id(doc) for doc in docs])
+
+
+def documents_to_candidates(docs: Sequence[Document]) -> list[Candidate]:
+    return [document_to_candidate(doc, i) for doc, i in zip(docs, document_ids(docs))]
+
+
+def document_to_candidate(doc: Document, candidate_id: str | None = None) -> Candidate:
     """The candidate the reranker scores: the page content, titled when the metadata
     has a title (the reranker decides whether to use it)."""
-    try:
-        metadata = copy.deepcopy(dict(doc.metadata))
-    except Exception:  # an uncopyable value: a shallow snapshot is the best we can do
-        metadata = dict(doc.metadata)
+    metadata = copy_metadata(doc.metadata)
     title = metadata.get("title")
     return Candidate(
-        id=document_id(doc),
+        id=candidate_id or document_id(doc),
         text=doc.page_content,
         title=title if isinstance(title, str) else "",
         metadata=metadata,

@@ -5,17 +5,26 @@
     retriever = ContextualCompressionRetriever(
         base_compressor=RRPORerank(top_n=5), base_retriever=vectorstore.as_retriever(k=20))
 
-The documents it returns are copies (the inputs are never modified) with all their
-metadata plus ``relevance_score``, ``rrpo_rank`` (1-based) and ``rrpo_k`` (how many were
-kept). Inside a run it dispatches a custom event ``"rrpo_rerank"`` with the candidate
-ids, kept ids, scores, k and reranker version, which ``FeedbackCallbackHandler`` (and
-any tracer) can pick up.
+The documents it returns are copies (the inputs are never modified; metadata is
+deep-copied) with all their metadata plus ``relevance_score`` (the calibrated relevance
+in [0, 1]: the sigmoid of the cross-encoder's logit, one threshold for every query),
+``rrpo_rank`` (1-based) and ``rrpo_k`` (how many were kept; ``min_k=0`` lets it keep
+none: "nothing here is relevant"). Inside a run it dispatches a custom event
+``"rrpo_rerank"`` with the candidate ids, kept ids, scores, k and reranker version (an
+id of the weights), which ``FeedbackCallbackHandler`` (and any tracer) can pick up.
+
+Per call: ``compress_documents(docs, query, top_n=2)``, or around a retriever or chain
+``with rerank.override(top_n=2, min_k=0): chain.invoke(q)`` (a context variable:
+concurrent requests keep their own settings). ``dedupe=True`` drops duplicate passages
+before choosing k; ``batch_wait_ms=5`` batches concurrent queries into one forward pass
+(opt-in). It pickles as a recipe to reload the same weights (from ``model``) and refuses,
+with a clear error, when a reranker trained in memory was not saved.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional, Sequence
+from typing import Any, ContextManager, Optional, Sequence
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -29,9 +38,20 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from rrpo import Selection
-from rrpo.adapter_support import LazyReranker, check_adapter_limits, injected_model_name
+from rrpo.adapter_support import (
+    LazyReranker,
+    RerankOptions,
+    check_adapter_limits,
+    check_batching,
+    copy_metadata,
+    injected_model_name,
+    override_options,
+    reject_unknown_options,
+    relevance,
+    resolve_options,
+)
 
-from ._convert import document_id, document_to_candidate
+from ._convert import document_ids, documents_to_candidates
 
 RERANK_EVENT = "rrpo_rerank"
 
@@ -39,7 +59,8 @@ RERANK_EVENT = "rrpo_rerank"
 class RRPORerank(BaseDocumentCompressor):
     """Rerank documents with an rrpo reranker and keep a query-dependent number of them."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # extra="forbid": a misspelled option (top_k=2) must fail, not be ignored.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model: str = Field(
         default="minilm-l6",
@@ -47,7 +68,7 @@ class RRPORerank(BaseDocumentCompressor):
         "saved by rrpo, or a Hugging Face cross-encoder id.",
     )
     top_n: Optional[int] = Field(default=5, description="Keep at most this many (None = no cap).")
-    min_k: int = Field(default=1, description="Keep at least this many documents.")
+    min_k: int = Field(default=1, description="Keep at least this many; 0 lets the reranker keep none.")
     dynamic_k: bool = Field(
         default=True, description="Let the reranker decide k per query; False keeps exactly top_n."
     )
@@ -57,20 +78,35 @@ class RRPORerank(BaseDocumentCompressor):
     )
     device: Optional[str] = Field(default=None, description="Torch device; None picks the best.")
     batch_size: int = Field(default=32, description="Query-passage pairs per forward pass.")
+    dedupe: bool = Field(default=False, description="Drop duplicate passages (same text) before choosing k.")
+    batch_wait_ms: Optional[float] = Field(
+        default=None,
+        description="Opt-in micro-batching: wait up to this long for concurrent queries "
+        "and rerank them in one forward pass (None = off).",
+    )
+    max_batch_queries: int = Field(default=16, description="A micro-batch starts at once when this many wait.")
 
     _holder: Any = PrivateAttr(default=None)
 
     def __init__(self, reranker: Any = None, **data: Any) -> None:
         """``reranker``: an already loaded ``rrpo.Reranker`` (or any object with its
-        ``rerank`` interface) to use instead of loading ``model``."""
+        ``rerank`` interface) to use instead of loading ``model``; give ``model`` too
+        (the directory it was saved to) to make a reranker trained in memory picklable."""
         if reranker is not None and "model" not in data:
             data["model"] = injected_model_name(reranker)
         super().__init__(**data)
-        self._holder = LazyReranker(reranker)
+        self._holder = LazyReranker(reranker, source=self.model)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        reject_unknown_options(cls.__name__, data, cls.model_fields)
+        return data
 
     @model_validator(mode="after")
     def _check_limits(self) -> "RRPORerank":
         check_adapter_limits(self.min_k, self.top_n, self.batch_size)
+        check_batching(self.batch_wait_ms, self.max_batch_queries)
         return self
 
     @property
@@ -78,77 +114,77 @@ class RRPORerank(BaseDocumentCompressor):
         """The reranker, loaded on first use (once, even with many threads)."""
         return self._holder.get(self.model, self.device)
 
+    @property
+    def reranker_version(self) -> str:
+        """An id of the weights that rank (what events and records name; never loads)."""
+        return self._holder.version(self.model)
+
+    def override(self, **options: Any) -> ContextManager[None]:
+        """``with rerank.override(top_n=2, min_k=0): chain.invoke(q)``: these options for
+        the reranks inside the block (this thread or task only)."""
+        return override_options(self._holder, **options)
+
     # -- LangChain entry points ----------------------------------------------------------
 
     def compress_documents(
-        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None, **options: Any
     ) -> Sequence[Document]:
+        """LangChain's entry point, plus per-call ``top_n`` / ``min_k`` / ``dynamic_k``."""
+        with self.override(**options):
+            resolved = self._options()
         if not documents:
             return []
-        selection = self._select(query, documents)
+        selection = self._select(query, documents, resolved)
         kept = self._kept_documents(documents, selection)
-        _dispatch(self._event_data(query, documents, kept, selection), callbacks)
+        _dispatch(self._event_data(query, documents, selection), callbacks)
         return kept
 
     async def acompress_documents(
-        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None, **options: Any
     ) -> Sequence[Document]:
+        with self.override(**options):
+            resolved = self._options()
         if not documents:
             return []
         # The forward pass is blocking torch work: a worker thread keeps the loop free.
-        selection = await asyncio.to_thread(self._select, query, documents)
+        selection = await asyncio.to_thread(self._select, query, documents, resolved)
         kept = self._kept_documents(documents, selection)
-        await _adispatch(self._event_data(query, documents, kept, selection), callbacks)
+        await _adispatch(self._event_data(query, documents, selection), callbacks)
         return kept
 
     # -- steps -----------------------------------------------------------------------------
 
-    def _select(self, query: str, documents: Sequence[Document]) -> Selection:
-        candidates = [document_to_candidate(doc) for doc in documents]
-        return rerank_one(
-            self.reranker,
-            query,
-            candidates,
-            top_n=self.top_n,
-            min_k=min(self.min_k, len(candidates)),
-            dynamic_k=self.dynamic_k,
-            batch_size=self.batch_size,
+    def _options(self) -> RerankOptions:
+        return resolve_options(self._holder, RerankOptions.of(self))
+
+    def _select(self, query: str, documents: Sequence[Document], options: RerankOptions) -> Selection:
+        candidates = documents_to_candidates(documents)
+        return self._holder.select(
+            self.reranker, query, candidates, options, self.batch_wait_ms, self.max_batch_queries
         )
 
     def _kept_documents(self, documents: Sequence[Document], selection: Selection) -> list[Document]:
         kept = []
         for rank, index in enumerate(selection.kept, start=1):
             doc = documents[index]
-            metadata = dict(doc.metadata)
+            metadata = copy_metadata(doc.metadata)  # nested values too: never the store's copy
             if self.keep_retrieval_score and "relevance_score" in metadata:
                 metadata["retrieval_score"] = metadata["relevance_score"]
-            metadata.update(
-                relevance_score=float(selection.scores[index]), rrpo_rank=rank, rrpo_k=int(selection.k)
-            )
+            metadata.update(relevance_score=relevance(selection.scores[index]), rrpo_rank=rank, rrpo_k=int(selection.k))
             kept.append(Document(page_content=doc.page_content, metadata=metadata, id=doc.id))
         return kept
 
-    def _event_data(self, query: str, documents: Sequence[Document], kept: list[Document],
-                    selection: Selection) -> dict[str, Any]:
-        ids = [document_id(doc) for doc in documents]
+    def _event_data(self, query: str, documents: Sequence[Document], selection: Selection) -> dict[str, Any]:
+        ids = document_ids(documents)
         return {
             "query": query,
             "candidate_ids": ids,
             "kept_ids": [ids[i] for i in selection.kept],
-            "kept_scores": [float(selection.scores[i]) for i in selection.kept],
+            "kept_scores": [relevance(selection.scores[i]) for i in selection.kept],
             "k": int(selection.k),
             "model": self.model,
-            "reranker": str(getattr(self.reranker, "version", None) or self.model),
+            "reranker": self.reranker_version,
         }
-
-
-def rerank_one(reranker: Any, query: str, candidates: list, **options: Any) -> Selection:
-    """One query through ``rerank_batch`` (which takes a batch size) when the reranker
-    has it, else through ``rerank``."""
-    batch_size = options.pop("batch_size", None)
-    if hasattr(reranker, "rerank_batch"):
-        return reranker.rerank_batch([query], [candidates], batch_size=batch_size, **options)[0]
-    return reranker.rerank(query, candidates, **options)
 
 
 def _dispatch(data: dict[str, Any], callbacks: Callbacks | None) -> None:

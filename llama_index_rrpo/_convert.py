@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from rrpo import Candidate
+from rrpo.adapter_support import copy_metadata, unique_ids
 
 
 def query_text(query: Any) -> str:
@@ -19,24 +19,37 @@ def query_text(query: Any) -> str:
     raise TypeError(f"expected a str or QueryBundle query, got {type(query).__name__}")
 
 
-def snapshot_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy when possible: later postprocessors must not change what we saw."""
-    try:
-        return copy.deepcopy(dict(metadata))
-    except Exception:  # an uncopyable value (a lock, a client): keep a shallow copy
-        return dict(metadata)
-
-
 def node_to_candidate(node: NodeWithScore) -> Candidate:
-    """The candidate exactly as the reranker sees it.
-
-    The text is ``get_content(MetadataMode.EMBED)`` (the node's text plus the metadata
-    the index embeds), and the title stays empty so that training on a stored record
-    scores the very same string the live reranker scored.
-    """
+    """The candidate as the reranker scores it: ``get_content(MetadataMode.EMBED)``, the
+    node's text with the metadata the index embeds (LlamaIndex's convention)."""
     return Candidate(
         id=node.node.node_id,
         text=node.node.get_content(metadata_mode=MetadataMode.EMBED),
-        metadata=snapshot_metadata(node.node.metadata),
+        metadata=copy_metadata(node.node.metadata),
         score=None if node.score is None else float(node.score),
     )
+
+
+def node_to_record_candidate(node: NodeWithScore, node_id: str | None = None) -> Candidate:
+    """The candidate as a feedback record keeps it: the text the user wrote, never the
+    metadata folded into it (which may hold credentials), titled when the metadata has a
+    title (the reranker puts it before the text, as the embed text does)."""
+    metadata = copy_metadata(node.node.metadata)
+    title = metadata.get("title")
+    return Candidate(
+        id=node_id or node.node.node_id,
+        text=node.node.get_content(metadata_mode=MetadataMode.NONE),
+        title=title if isinstance(title, str) else "",
+        metadata=metadata,
+        score=None if node.score is None else float(node.score),
+    )
+
+
+def record_candidates(nodes: list[NodeWithScore]) -> list[Candidate]:
+    """Record candidates with ids unique within the list (a node retrieved twice)."""
+    ids = unique_ids([node.node.node_id for node in nodes])
+    return [node_to_record_candidate(node, node_id) for node, node_id in zip(nodes, ids)]
+
+
+def node_ids(nodes: list[NodeWithScore]) -> list[str]:
+    return unique_ids([node.node.node_id for node in nodes])

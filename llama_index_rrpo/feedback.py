@@ -4,7 +4,7 @@
     collector = FeedbackCollector(store)                 # every query engine
     collector = FeedbackCollector(store, query_engine=qe)  # or just this one
     response = qe.query("...")
-    collector.rate(collector.record_id_for(response), 1.0)
+    collector.rate(collector.record_id_for(response), 1.0)   # or response.rrpo_record_id
 
 It registers a span handler and an event handler on the instrumentation dispatcher
 (the root one unless told otherwise). A span tree lets every event find the query it
@@ -13,8 +13,14 @@ keeps: the query text; the candidates as retrieved (snapshotted when
 ``RetrievalEndEvent`` fires, before any postprocessor touches them); the nodes the
 reranker kept, with scores and k (``ReRankEndEvent``); the answer (``QueryEndEvent``;
 a streaming answer is stored once the stream has been consumed); the latency; and the
-version of the ``RRPORerank`` reranker that ran. Nested queries (a router or
-sub-question engine calling other engines) count as one query: the outermost.
+version of the ``RRPORerank`` reranker that ran (an id of its weights). Nested
+queries (a router or sub-question engine calling other engines) count as one query: the
+outermost.
+
+A candidate is stored with the node's own text (``MetadataMode.NONE``), not the text
+with metadata folded in that the reranker scored, and the store redacts secrets. The
+record id is an attribute of the response (``response.rrpo_record_id``), never a key of
+``response.metadata``, which LlamaIndex fills with node id -> metadata.
 """
 
 from __future__ import annotations
@@ -47,9 +53,9 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from rrpo import Candidate, FeedbackRecord
 from rrpo.feedback import FeedbackStore
 
-from ._convert import node_to_candidate, query_text
+from ._convert import node_ids, query_text, record_candidates
 
-RECORD_ID_KEY = "rrpo_record_id"  # set in response.metadata
+RECORD_ID_KEY = "rrpo_record_id"  # the response attribute that holds the record id
 _REMEMBERED_RESPONSES = 1024
 
 
@@ -128,9 +134,9 @@ class FeedbackCollector:
 
     def record_id_for(self, response: Any) -> str | None:
         """The record id of a response this collector recorded (None if unknown)."""
-        metadata = getattr(response, "metadata", None)
-        if isinstance(metadata, dict) and RECORD_ID_KEY in metadata:
-            return str(metadata[RECORD_ID_KEY])
+        record_id = getattr(response, RECORD_ID_KEY, None)
+        if isinstance(record_id, str):
+            return record_id
         with self._lock:
             entry = self._responses.get(id(response))
         if entry is not None and entry[0]() is response:
@@ -188,14 +194,14 @@ class FeedbackCollector:
 
     def _on_retrieval_end(self, event: RetrievalEndEvent) -> None:
         # Convert right away: this is the snapshot "as retrieved".
-        candidates = [node_to_candidate(node) for node in event.nodes]
+        candidates = record_candidates(event.nodes)
         with self._lock:
             query = self._query_of(event.span_id)
             if query is not None and query.kept_ids is None:
                 query.retrieved = candidates
 
     def _on_rerank_start(self, event: ReRankStartEvent) -> None:
-        candidates = [node_to_candidate(node) for node in event.nodes]
+        candidates = record_candidates(event.nodes)
         with self._lock:
             query = self._query_of(event.span_id)
             if query is not None:
@@ -206,7 +212,7 @@ class FeedbackCollector:
             query = self._query_of(event.span_id)
             if query is None:
                 return
-            query.kept_ids = [node.node.node_id for node in event.nodes]
+            query.kept_ids = node_ids(event.nodes)
             query.kept_scores = [float(node.score or 0.0) for node in event.nodes]
             ks = {node.node.metadata.get("rrpo_k") for node in event.nodes}
             query.k = ks.pop() if len(ks) == 1 and None not in ks else len(event.nodes)
@@ -230,7 +236,7 @@ class FeedbackCollector:
         kept_ids = query.kept_ids
         kept_scores = query.kept_scores
         if kept_ids is None:  # no reranker ran: the answer used what the engine returned
-            kept_ids = [node.node.node_id for node in getattr(response, "source_nodes", []) or []]
+            kept_ids = node_ids(getattr(response, "source_nodes", []) or [])
             kept_scores = [float(node.score or 0.0) for node in getattr(response, "source_nodes", []) or []]
         metadata = {**self.metadata, "source": "llama_index"}
         if answer is None and isinstance(response, (StreamingResponse, AsyncStreamingResponse)):
@@ -274,14 +280,10 @@ class FeedbackCollector:
 
     def _remember(self, response: Any, record_id: str) -> None:
         self.last_record_id = record_id
-        metadata = getattr(response, "metadata", None)
-        if metadata is None and hasattr(response, "metadata"):
-            try:
-                response.metadata = metadata = {}
-            except Exception:  # a frozen response type: the id map below still works
-                metadata = None
-        if isinstance(metadata, dict):
-            metadata[RECORD_ID_KEY] = record_id
+        try:  # an attribute of our own: response.metadata belongs to LlamaIndex
+            setattr(response, RECORD_ID_KEY, record_id)
+        except Exception:  # a frozen or slotted response: the id map below still works
+            pass
         try:
             ref = weakref.ref(response)
         except TypeError:

@@ -6,19 +6,29 @@
 
 It reorders the retrieved nodes and keeps as many as the query needs (between
 ``min_k`` and ``top_n``, decided by the reranker's STOP head; ``dynamic_k=False`` keeps
-exactly ``top_n``). The caller's nodes are never modified: the returned nodes are
-copies carrying the rerank score (``NodeWithScore.score`` and
-``metadata["relevance_score"]``), the rank (``rrpo_rank``, 1-based) and the chosen k
-(``rrpo_k``). These keys are hidden from the LLM and embedding text, so they do not
-leak into the reader's prompt.
+exactly ``top_n``; ``min_k=0`` lets it keep none: "nothing here is relevant"). The
+caller's nodes are never modified: the returned nodes are copies (metadata deep-copied)
+carrying the calibrated relevance in [0, 1] (``NodeWithScore.score`` and
+``metadata["relevance_score"]``: the sigmoid of the cross-encoder's logit, so a fixed
+threshold such as ``SimilarityPostprocessor(similarity_cutoff=0.5)`` after it means the
+same for every query), the rank (``rrpo_rank``, 1-based) and the chosen k (``rrpo_k``).
+These keys are hidden from the LLM and embedding text, so they do not leak into the
+reader's prompt.
+
+Per call: ``postprocess_nodes(nodes, query_str=..., top_n=2)``, or, through a query
+engine, ``with rerank.override(top_n=2, min_k=0): engine.query(...)`` (a context
+variable: concurrent requests keep their own settings). ``dedupe=True`` drops duplicate
+passages before choosing k; ``batch_wait_ms=5`` batches concurrent queries into one
+forward pass (opt-in). The adapter pickles as a recipe to reload the same weights (from
+``model``) and refuses, with a clear error, when a reranker trained in memory was not saved.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, List, Optional
+from typing import Any, ContextManager, Dict, List, Optional
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -26,7 +36,18 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from rrpo import Selection
-from rrpo.adapter_support import LazyReranker, check_adapter_limits, injected_model_name
+from rrpo.adapter_support import (
+    LazyReranker,
+    RerankOptions,
+    check_adapter_limits,
+    check_batching,
+    copy_metadata,
+    injected_model_name,
+    override_options,
+    reject_unknown_options,
+    relevance,
+    resolve_options,
+)
 
 from ._convert import node_to_candidate
 
@@ -39,6 +60,9 @@ RERANK_KEYS = ("relevance_score", "rrpo_rank", "rrpo_k", "retrieval_score")
 class RRPORerank(BaseNodePostprocessor):
     """Rerank nodes with an rrpo reranker and keep a query-dependent number of them."""
 
+    # A misspelled option (top_k=2) must fail, not be ignored.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
     model: str = Field(
         default="minilm-l6",
         description="Reranker to load: 'minilm-l6' (offline default), a local directory "
@@ -47,7 +71,9 @@ class RRPORerank(BaseNodePostprocessor):
     top_n: Optional[int] = Field(
         default=5, description="Keep at most this many nodes (None = no cap)."
     )
-    min_k: int = Field(default=1, description="Keep at least this many nodes.")
+    min_k: int = Field(
+        default=1, description="Keep at least this many nodes; 0 lets the reranker keep none."
+    )
     dynamic_k: bool = Field(
         default=True,
         description="Let the reranker decide k per query; False keeps exactly top_n.",
@@ -60,20 +86,39 @@ class RRPORerank(BaseNodePostprocessor):
         default=None, description="Torch device; None picks the best available."
     )
     batch_size: int = Field(default=32, description="Query-passage pairs per forward pass.")
+    dedupe: bool = Field(
+        default=False, description="Drop duplicate passages (same text) before choosing k."
+    )
+    batch_wait_ms: Optional[float] = Field(
+        default=None,
+        description="Opt-in micro-batching: wait up to this long for concurrent queries "
+        "and rerank them in one forward pass (None = off).",
+    )
+    max_batch_queries: int = Field(
+        default=16, description="A micro-batch starts at once when this many queries wait."
+    )
 
     _holder: Any = PrivateAttr(default=None)
 
     def __init__(self, reranker: Any = None, **data: Any) -> None:
         """``reranker``: an already loaded ``rrpo.Reranker`` (or any object with its
-        ``rerank`` interface) to use instead of loading ``model``."""
+        ``rerank`` interface) to use instead of loading ``model``; give ``model`` too
+        (the directory it was saved to) to make a reranker trained in memory picklable."""
         if reranker is not None and "model" not in data:
             data["model"] = injected_model_name(reranker)
         super().__init__(**data)
-        self._holder = LazyReranker(reranker)
+        self._holder = LazyReranker(reranker, source=self.model)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        reject_unknown_options(cls.__name__, data, cls.model_fields)
+        return data
 
     @model_validator(mode="after")
     def _check_limits(self) -> "RRPORerank":
         check_adapter_limits(self.min_k, self.top_n, self.batch_size)
+        check_batching(self.batch_wait_ms, self.max_batch_queries)
         return self
 
     @classmethod
@@ -87,21 +132,51 @@ class RRPORerank(BaseNodePostprocessor):
 
     @property
     def reranker_version(self) -> str:
-        """What feedback records name as the reranker (never triggers a load)."""
+        """What feedback records name as the reranker: an id of the weights that rank
+        (never triggers a load)."""
         return self._holder.version(self.model)
 
+    def override(self, **options: Any) -> ContextManager[None]:
+        """``with rerank.override(top_n=2, min_k=0): engine.query(q)``: these options for
+        the reranks inside the block (this thread or task only)."""
+        return override_options(self._holder, **options)
+
     # -- LlamaIndex entry points -------------------------------------------------------
+
+    def postprocess_nodes(
+        self,
+        nodes: List[NodeWithScore],
+        query_bundle: Optional[QueryBundle] = None,
+        query_str: Optional[str] = None,
+        **options: Any,
+    ) -> List[NodeWithScore]:
+        """LlamaIndex's entry point, plus per-call ``top_n`` / ``min_k`` / ``dynamic_k``."""
+        with self.override(**options):
+            return super().postprocess_nodes(nodes, query_bundle, query_str)
+
+    async def apostprocess_nodes(
+        self,
+        nodes: List[NodeWithScore],
+        query_bundle: Optional[QueryBundle] = None,
+        query_str: Optional[str] = None,
+        **options: Any,
+    ) -> List[NodeWithScore]:
+        with self.override(**options):
+            return await super().apostprocess_nodes(nodes, query_bundle, query_str)
 
     def _postprocess_nodes(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
-        query = self._start(nodes, query_bundle)
+        options = self._options()
+        if nodes:
+            self.reranker  # noqa: B018 - load first: events name the weights that rank
+        query = self._start(nodes, query_bundle, options)
         if not nodes:
             return self._finish_empty()
         with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._callback_payload(nodes, query)
+            CBEventType.RERANKING, payload=self._callback_payload(nodes, query, options)
         ) as event:
-            selection = self._select(query, nodes)
+            selection = self._select(query, nodes, options)
             kept = self._kept_nodes(nodes, selection)
             event.on_end(payload={EventPayload.NODES: kept})
         dispatcher.event(ReRankEndEvent(nodes=kept))
@@ -111,15 +186,18 @@ class RRPORerank(BaseNodePostprocessor):
     async def _apostprocess_nodes(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
-        query = self._start(nodes, query_bundle)
+        options = self._options()
+        if nodes:  # loading is blocking work too: keep it off the event loop
+            await asyncio.to_thread(lambda: self.reranker)
+        query = self._start(nodes, query_bundle, options)
         if not nodes:
             return self._finish_empty()
         with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._callback_payload(nodes, query)
+            CBEventType.RERANKING, payload=self._callback_payload(nodes, query, options)
         ) as event:
             # The forward pass is blocking torch work: run it in a worker thread so the
             # event loop keeps serving other queries meanwhile.
-            selection = await asyncio.to_thread(self._select, query, nodes)
+            selection = await asyncio.to_thread(self._select, query, nodes, options)
             kept = self._kept_nodes(nodes, selection)
             event.on_end(payload={EventPayload.NODES: kept})
         dispatcher.event(ReRankEndEvent(nodes=kept))
@@ -127,15 +205,19 @@ class RRPORerank(BaseNodePostprocessor):
 
     # -- steps -------------------------------------------------------------------------
 
-    def _start(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]) -> str:
+    def _options(self) -> RerankOptions:
+        return resolve_options(self._holder, RerankOptions.of(self))
+
+    def _start(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle],
+               options: RerankOptions) -> str:
         if query_bundle is None:
             raise ValueError("RRPORerank needs the query: pass query_bundle or query_str")
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle,
                 nodes=nodes,
-                top_n=self.top_n if self.top_n is not None else len(nodes),
-                model_name=self.model,
+                top_n=options.top_n if options.top_n is not None else len(nodes),
+                model_name=self.reranker_version,
             )
         )
         return query_bundle.query_str
@@ -144,56 +226,55 @@ class RRPORerank(BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=[]))
         return []
 
-    def _callback_payload(self, nodes: List[NodeWithScore], query: str) -> dict:
+    def _callback_payload(self, nodes: List[NodeWithScore], query: str, options: RerankOptions) -> dict:
         return {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: self.model,
+            EventPayload.MODEL_NAME: self.reranker_version,
             EventPayload.QUERY_STR: query,
-            EventPayload.TOP_K: self.top_n if self.top_n is not None else len(nodes),
+            EventPayload.TOP_K: options.top_n if options.top_n is not None else len(nodes),
         }
 
-    def _select(self, query: str, nodes: List[NodeWithScore]) -> Selection:
+    def _select(self, query: str, nodes: List[NodeWithScore], options: RerankOptions) -> Selection:
         candidates = [node_to_candidate(node) for node in nodes]
-        return rerank_one(
-            self.reranker,
-            query,
-            candidates,
-            top_n=self.top_n,
-            min_k=min(self.min_k, len(candidates)),
-            dynamic_k=self.dynamic_k,
-            batch_size=self.batch_size,
+        return self._holder.select(
+            self.reranker, query, candidates, options, self.batch_wait_ms, self.max_batch_queries
         )
 
     def _kept_nodes(self, nodes: List[NodeWithScore], selection: Selection) -> List[NodeWithScore]:
         kept = []
         for rank, index in enumerate(selection.kept, start=1):
-            extra = {
-                "relevance_score": float(selection.scores[index]),
-                "rrpo_rank": rank,
-                "rrpo_k": int(selection.k),
-            }
+            score = relevance(selection.scores[index])
+            extra = {"relevance_score": score, "rrpo_rank": rank, "rrpo_k": int(selection.k)}
             if self.keep_retrieval_score:
                 extra["retrieval_score"] = nodes[index].score
-            kept.append(_copy_with(nodes[index], float(selection.scores[index]), extra))
+            kept.append(_copy_with(nodes[index], score, extra))
         return kept
 
+    # -- pickling ------------------------------------------------------------------------
 
-def rerank_one(reranker: Any, query: str, candidates: list, **options: Any) -> Selection:
-    """One query through ``rerank_batch`` (which takes a batch size) when the reranker
-    has it, else through ``rerank``."""
-    batch_size = options.pop("batch_size", None)
-    if hasattr(reranker, "rerank_batch"):
-        return reranker.rerank_batch([query], [candidates], batch_size=batch_size, **options)[0]
-    return reranker.rerank(query, candidates, **options)
+    def __getstate__(self) -> Dict[str, Any]:
+        # LlamaIndex drops private attributes that fail to pickle and rebuilds the
+        # component from its fields, which would silently load other weights: check
+        # first, and let the error out.
+        if self._holder is not None:
+            self._holder.__getstate__()
+        return super().__getstate__()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)  # re-runs __init__ from the fields
+        holder = (state.get("__pydantic_private__") or {}).get("_holder")
+        if holder is not None:
+            self._holder = holder
 
 
 def _copy_with(node: NodeWithScore, score: float, extra: dict) -> NodeWithScore:
-    """A copy of ``node`` with its own metadata dict (the original stays untouched)."""
+    """A copy of ``node`` with its own (deep-copied) metadata: editing a nested value of
+    the result never changes the caller's node."""
     inner = node.node
     hidden = [key for key in extra if key in RERANK_KEYS]
     copy = inner.model_copy(
         update={
-            "metadata": {**inner.metadata, **extra},
+            "metadata": {**copy_metadata(inner.metadata), **extra},
             "excluded_llm_metadata_keys": _merged(inner.excluded_llm_metadata_keys, hidden),
             "excluded_embed_metadata_keys": _merged(inner.excluded_embed_metadata_keys, hidden),
         }

@@ -246,3 +246,119 @@ def test_cli_stats_export_rate(tmp_path, capsys):
     assert "missing-id" in capsys.readouterr().err
     assert _cli(["stats", str(tmp_path / "absent.db")]) == 2
     assert not (tmp_path / "absent.db").exists()
+
+
+# -- issue #10 -------------------------------------------------------------------------------
+
+SECRETS = ["sk-proj-ABCDEFGHIJKLMNOPQRSTUV0001", "abcdefghijklmnopqrstuvwxyz0002", "AKIAIOSFODNN7EXAMPLE",
+           "hunter2-0003", "tok-SECRET-0004", "PRIVATE-0005", "OPENAI-0006", "pwd-0007", "0008"]
+
+
+def test_secret_keys_and_values_are_redacted_everywhere(tmp_path):
+    path = tmp_path / "fb.db"
+    store = FeedbackStore(path)
+    record = make_record(
+        query=f"why does password={SECRETS[3]} fail?",
+        answer=f"Use the key {SECRETS[0]} with Authorization: Bearer {SECRETS[1]}",
+        metadata={"token": SECRETS[4], "private_key": SECRETS[5], "openai_key": SECRETS[6], "pwd": SECRETS[7],
+                  "OPENAI_KEY": "x" + SECRETS[8], "prompt_tokens": 12, "app": "demo"},
+    )
+    record.candidates[0].text = f"aws id {SECRETS[2]} in the config"
+    record.candidates[0].metadata = {"nested": [{"apiKey": "secret"}], "source": "wiki"}
+    store.add(record)
+    store.rate(record.id, 1.0, comment=f"works with {SECRETS[0]}")
+    store.update(record.id, answer=f"streamed: token: {SECRETS[4]}")
+    got = store.get(record.id)
+    assert got.metadata == {"prompt_tokens": 12, "app": "demo"}
+    assert got.candidates[0].metadata == {"nested": [{}], "source": "wiki"}
+    assert got.query == "why does password=[REDACTED] fail?"
+    assert got.candidates[0].text == "aws id [REDACTED] in the config"
+    assert got.comment == "works with [REDACTED]" and got.answer == "streamed: token: [REDACTED]"
+    store.export_jsonl(tmp_path / "out.jsonl")
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("fb.db*")) + (tmp_path / "out.jsonl").read_bytes()
+    assert not any(secret.encode() in raw for secret in SECRETS)
+
+
+def test_store_and_export_are_readable_by_their_owner_only(tmp_path):
+    import stat
+
+    with FeedbackStore(tmp_path / "fb.db") as store:
+        store.add(make_record())
+        store.export_jsonl(tmp_path / "out.jsonl")
+        files = list(tmp_path.glob("fb.db*")) + [tmp_path / "out.jsonl"]
+        assert len(files) >= 2
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, file
+
+
+def test_a_thread_per_request_holds_a_bounded_number_of_connections(tmp_path):
+    import os
+
+    path = tmp_path / "fb.db"
+    store = FeedbackStore(path)  # a pool of at most 4 connections
+
+    def open_files():
+        names = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                 if os.path.exists(f"/proc/self/fd/{fd}")]
+        return sum(1 for name in names if name.startswith(str(path)))
+
+    for batch in range(3):  # 60 short-lived threads, 20 at a time
+        threads = [threading.Thread(target=store.add, args=(make_record(query=f"{batch}-{i}"),)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert open_files() <= 4 * 3  # db + wal + shm per pooled connection, at most
+    assert len(store) == 60 and store.integrity_check() == "ok"
+    store.close()
+    assert open_files() == 0
+
+
+def test_integrity_errors_say_what_is_wrong(store):
+    with pytest.raises((TypeError, ValueError)) as info:
+        store.add(make_record(query=None))
+    assert "query" in str(info.value) and "already" not in str(info.value)
+    record = make_record()
+    store.add(record)
+    with pytest.raises(ValueError, match="already in"):
+        store.add(record)
+
+
+def test_nan_and_infinity_are_exported_as_null(store, tmp_path):
+    nan, inf = float("nan"), float("inf")
+    record = make_record(kept_scores=[nan, inf], latency_ms=nan, metadata={"loss": -inf, "ok": 1.5})
+    record.candidates[0].score = nan
+    store.add(record)
+    store.export_jsonl(tmp_path / "out.jsonl")
+
+    def strict(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    line = json.loads((tmp_path / "out.jsonl").read_text(), parse_constant=strict)
+    assert line["kept_scores"] == [None, None] and line["latency_ms"] is None
+    assert line["metadata"] == {"loss": None, "ok": 1.5} and line["candidates"][0]["score"] is None
+    assert store.export().num_rows == 1 and load_jsonl(tmp_path / "out.jsonl")[0].kept_scores == [None, None]
+
+
+def test_cli_missing_or_foreign_files_are_one_clear_error(tmp_path, capsys):
+    from rrpo.cli import main
+
+    missing = tmp_path / "typo.sqlite"
+    assert main(["train", "--feedback", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not found" in err and str(missing) in err
+    assert not missing.exists()
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a database, just some notes " * 40)
+    other_app = tmp_path / "app.sqlite"
+    conn = sqlite3.connect(other_app)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    for path in (text_file, other_app):
+        assert main(["feedback", "stats", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not a feedback store" in err and "Traceback" not in err
+    conn = sqlite3.connect(other_app)
+    assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["users"]  # untouched
+    conn.close()

@@ -14,6 +14,7 @@ import pytest
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
@@ -23,7 +24,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_rrpo import RERANK_EVENT, FeedbackCallbackHandler, RRPORerank
 from rrpo.feedback import FeedbackStore, UnknownRecordError
 
-from rrpo import Selection
+from rrpo import Candidate, Selection
 
 # The same corpus and fake as tests/test_llama_index.py (kept here so this file needs
 # no llama-index).
@@ -203,7 +204,9 @@ def test_chain_with_handler_records_a_full_record(tiny_reranker, store):
     assert record.kept_ids == [d.id for d in kept] and record.k == len(kept)
     assert record.kept_scores == [d.metadata["relevance_score"] for d in kept]
     assert record.answer == answer == "ANSWER to Who wrote the tragedy Hamlet?"
-    assert record.reranker == tiny_reranker.version and record.latency_ms > 0
+    from rrpo.adapter_support import reranker_version
+
+    assert record.reranker == reranker_version(tiny_reranker) and record.latency_ms > 0
     handler.rate(rid, 0.0, comment="wrong")
     assert store.get(rid).rating == 0.0
     with pytest.raises(UnknownRecordError):
@@ -261,3 +264,259 @@ def test_eight_threads_times_25_queries_give_200_complete_records(store):
         assert len(record.candidates) == 6 and record.k == len(record.kept_ids) >= 1
         assert set(record.kept_ids) <= {c.id for c in record.candidates}
     assert not handler._open and not handler._parent  # nothing left behind
+
+
+# -- issue #10: what a production user hits ------------------------------------------------
+
+SECRETS = {
+    "api_key": "sk-proj-ABCDEFGHIJKLMNOPQRSTUV123456",
+    "token": "tok-SECRETVALUE0001",
+    "private_key": "PRIVATE-SECRET-0002",
+    "openai_key": "OPENAI-SECRET-0003",
+    "pwd": "hunter2-SECRET-0004",
+    "OPENAI_KEY": "sk-ABCDEFGHIJKLMNOPQRSTUVWX0005",
+    "header": "Authorization: Bearer abcdefghijklmnopqrstuvwxyz0006",
+}
+
+
+def secret_free(data: bytes) -> bool:
+    return not any(value.split()[-1].encode() in data for value in SECRETS.values())
+
+
+class ListRetriever(BaseRetriever):
+    """A real LangChain retriever that returns fresh copies of fixed documents (no ids)."""
+
+    docs: list
+
+    def _get_relevant_documents(self, query, *, run_manager):
+        return [Document(page_content=d.page_content, metadata=dict(d.metadata)) for d in self.docs]
+
+
+def records_of(store):
+    return {r.query: r for r in store.records()}
+
+
+def test_feedback_stores_no_credentials_from_metadata_or_text(tmp_path):
+    docs = [Document(page_content=PASSAGES[0][1] + " Authorization: Bearer abcdefghijklmnopqrstuvwxyz0006",
+                     metadata={"title": "Hamlet", **SECRETS})]
+    docs += [Document(page_content=text, metadata={"title": title}) for title, text in PASSAGES[1:]]
+    retriever = ContextualCompressionRetriever(base_compressor=RRPORerank(reranker=FakeReranker(), top_n=3),
+                                               base_retriever=ListRetriever(docs=docs))
+    path = tmp_path / "fb.db"
+    with FeedbackStore(path) as store:
+        handler = FeedbackCallbackHandler(store)
+        qa_chain(retriever).invoke("Hamlet tragedy, my password=hunter2-SECRET-0004", config={"callbacks": [handler]})
+        record = store.get(handler.last_record_id)
+        store.export_jsonl(tmp_path / "out.jsonl")
+    assert record.query == "Hamlet tragedy, my password=[REDACTED]"
+    assert record.candidates[0].text.startswith(PASSAGES[0][1])
+    assert set(record.candidates[0].metadata) == {"title", "header"}
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("fb.db*"))
+    assert secret_free(raw) and secret_free((tmp_path / "out.jsonl").read_bytes())
+
+
+def test_pickle_reloads_from_the_path_or_refuses_loudly(tiny_cross_encoder_dir, tmp_path):
+    import pickle
+
+    import torch
+
+    from rrpo import Reranker
+
+    docs, query = make_docs(), "Who wrote Hamlet?"
+    injected = RRPORerank(reranker=Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu"), top_n=4)
+    expected = injected.compress_documents(docs, query)
+    by_path = RRPORerank(model=str(tiny_cross_encoder_dir), device="cpu", top_n=4)
+    for rerank in (injected, by_path, by_path):  # unloaded, then loaded
+        assert pickle.loads(pickle.dumps(rerank)).compress_documents(docs, query) == expected
+        by_path.compress_documents(docs, query)
+    retriever = compression_retriever(injected.reranker, k=8)  # a whole retriever, as chains get pickled
+    assert pickle.loads(pickle.dumps(retriever)).invoke(query) == retriever.invoke(query)
+    trained = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    with torch.no_grad():
+        trained.scorer.classifier.bias.add_(1.0)
+    with pytest.raises(pickle.PicklingError, match="save_pretrained"):
+        pickle.dumps(compression_retriever(trained))
+    trained.save_pretrained(tmp_path / "trained")
+    saved = RRPORerank(reranker=trained, model=str(tmp_path / "trained"), top_n=4)
+    assert pickle.loads(pickle.dumps(saved)).compress_documents(docs, query) == saved.compress_documents(docs, query)
+
+
+@pytest.mark.parametrize("typo", ["top_k", "topn", "k"])
+def test_misspelled_options_are_rejected(typo):
+    with pytest.raises(ValueError, match="top_n"):
+        RRPORerank(reranker=FakeReranker(), **{typo: 2})
+
+
+def test_llm_chat_model_and_tool_runs_leave_no_state(store, monkeypatch):
+    from langchain_core.language_models.fake import FakeListLLM
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langchain_core.tools import tool
+
+    import langchain_rrpo.feedback as feedback_module
+
+    @tool
+    def shout(text: str) -> str:
+        """Upper-case the text."""
+        return text.upper()
+
+    handler = FeedbackCallbackHandler(store)
+    config = {"callbacks": [handler]}
+    llm, chat = FakeListLLM(responses=["ok"]), FakeListChatModel(responses=["ok"])
+    for _ in range(17):
+        llm.invoke("hello", config=config)
+        chat.invoke("hello", config=config)
+        shout.invoke("hello", config=config)
+    assert not handler._open and not handler._parent and len(store) == 0
+    monkeypatch.setattr(feedback_module, "_REMEMBERED_RUNS", 3)
+    chain = qa_chain(compression_retriever(FakeReranker()))
+    run_ids = [uuid.uuid4() for _ in range(5)]
+    for run_id in run_ids:
+        chain.invoke("Paris capital", config={"callbacks": [handler], "run_id": run_id})
+    assert len(handler._recorded) == 3 and not handler._open
+    assert handler.record_id_for(run_ids[0]) == str(run_ids[0])  # older: found in the store
+
+
+def test_each_retrieval_of_a_chain_is_its_own_record(store):
+    retriever = compression_retriever(FakeReranker(), k=8)
+    follow_up = RunnableLambda(lambda docs: f"capital of Germany, not {docs[0].metadata['title']}")
+    chain = retriever | follow_up | retriever | RunnableLambda(lambda docs: " ".join(d.id for d in docs))
+    run_id = uuid.uuid4()
+    answer = chain.invoke("Paris capital France", config={"callbacks": [FeedbackCallbackHandler(store)],
+                                                          "run_id": run_id})
+    first, second = store.get(str(run_id)), store.get(f"{run_id}:2")
+    assert len(store) == 2
+    assert first.query == "Paris capital France" and first.kept_ids[0] == "d2"
+    assert second.query == "capital of Germany, not Paris" and second.kept_ids[0] == "d3"
+    for record in (first, second):
+        assert len(record.candidates) == 8 and set(record.kept_ids) <= {c.id for c in record.candidates}
+        assert record.metadata["root_run_id"] == str(run_id) and record.answer == answer
+    assert [first.metadata["retrieval"], second.metadata["retrieval"]] == [1, 2]
+
+
+def test_duplicate_texts_without_ids_stay_distinct_and_dedupe_drops_them(store):
+    docs = [Document(page_content=text, metadata={"title": title}) for title, text in PASSAGES[:3] + PASSAGES[:2]]
+    handler = FeedbackCallbackHandler(store)
+    for dedupe in (False, True):
+        retriever = ContextualCompressionRetriever(
+            base_compressor=RRPORerank(reranker=FakeReranker(), top_n=5, dynamic_k=False, dedupe=dedupe),
+            base_retriever=ListRetriever(docs=docs))
+        out = retriever.invoke(f"Hamlet tragedy dedupe={dedupe}", config={"callbacks": [handler]})
+        record = store.get(handler.last_record_id)
+        ids = [c.id for c in record.candidates]
+        assert len(ids) == len(set(ids)) == 5 and set(record.kept_ids) <= set(ids)
+        assert record.k == len(record.kept_ids) == len(out) == (3 if dedupe else 5)
+        assert len({d.page_content for d in out}) == 3
+
+
+def test_returned_documents_share_no_metadata_with_the_vector_store():
+    vectorstore = InMemoryVectorStore(DeterministicFakeEmbedding(size=16))
+    vectorstore.add_documents([Document(page_content=t, metadata={"title": n, "info": {"tags": ["x"]}}, id=n)
+                               for n, t in PASSAGES])
+    retriever = ContextualCompressionRetriever(base_compressor=RRPORerank(reranker=FakeReranker(), top_n=3),
+                                               base_retriever=vectorstore.as_retriever(search_kwargs={"k": 8}))
+    doc = retriever.invoke("Hamlet tragedy")[0]
+    doc.metadata["info"]["tags"].append("edited")
+    assert vectorstore.get_by_ids([doc.id])[0].metadata["info"] == {"tags": ["x"]}
+
+
+def test_records_and_events_name_the_weights_that_ranked(tiny_cross_encoder_dir, store):
+    import torch
+
+    from rrpo import Reranker
+    from rrpo.adapter_support import reranker_version
+
+    reranker = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    base_version = reranker_version(reranker)
+    retriever, events = compression_retriever(reranker), CustomEvents()
+    handler = FeedbackCallbackHandler(store)
+    retriever.invoke("Hamlet", config={"callbacks": [handler, events]})
+    with torch.no_grad():
+        reranker.stop_head.out.bias.add_(0.5)  # trained in memory, not saved
+    retriever.invoke("Hamlet", config={"callbacks": [handler, events]})
+    versions = [r.reranker for r in store.records()]
+    assert versions == [e[1]["reranker"] for e in events.events]
+    assert versions[0] == base_version != versions[1] == reranker_version(reranker)
+    assert all(v.startswith(reranker.version + "@") for v in versions)
+
+
+def test_top_n_per_call_and_per_request_in_a_chain():
+    docs = make_docs()
+    rerank = RRPORerank(reranker=FakeReranker(), top_n=5, dynamic_k=False)
+    assert len(rerank.compress_documents(docs, "Hamlet", top_n=2)) == 2
+    assert len(asyncio.run(rerank.acompress_documents(docs, "Hamlet", top_n=1))) == 1
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=16))
+    store.add_documents(docs)
+    retriever = ContextualCompressionRetriever(base_compressor=rerank,
+                                               base_retriever=store.as_retriever(search_kwargs={"k": 8}))
+    chain = qa_chain(retriever)
+    sizes = {}
+
+    def ask(top_n):
+        with rerank.override(top_n=top_n):
+            time.sleep(0.01)
+            sizes[top_n] = len(retriever.invoke("Hamlet"))
+            chain.invoke("Hamlet")
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in (1, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sizes == {1: 1, 3: 3} and len(retriever.invoke("Hamlet")) == 5
+
+
+def test_min_k_zero_abstains_and_relevance_is_calibrated(tiny_cross_encoder_dir, store):
+    import math
+
+    import torch
+
+    from rrpo import Reranker
+
+    reranker = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    docs = make_docs()
+    raw = reranker.score("Hamlet", [c for c in map(lambda d: d.page_content, docs)])
+    out = RRPORerank(reranker=reranker, top_n=None, dynamic_k=False).compress_documents(docs, "Hamlet")
+    by_id = {d.id: d.metadata["relevance_score"] for d in out}
+    assert all(0.0 <= s <= 1.0 for s in by_id.values())
+    titled = reranker.score("Hamlet", [Candidate(id=d.id, text=d.page_content, title=d.metadata["title"]) for d in docs])
+    assert [by_id[d.id] for d in docs] == pytest.approx([1 / (1 + math.exp(-s)) for s in titled])
+    assert raw  # the untitled scores exist too; the adapter passes titles
+    with torch.no_grad():
+        reranker.stop_head.out.bias.fill_(1e4)  # "nothing here is relevant"
+    handler = FeedbackCallbackHandler(store)
+    abstain = compression_retriever(reranker, min_k=0)
+    assert abstain.invoke("Who painted the Mona Lisa?", config={"callbacks": [handler]}) == []
+    record = store.get(handler.last_record_id)
+    assert record.k == 0 and record.kept_ids == [] and len(record.candidates) == 6
+    assert len(compression_retriever(reranker).invoke("x")) == 1  # min_k=1 keeps one
+
+
+def test_micro_batching_concurrent_queries_through_a_retriever(tiny_reranker):
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.sizes, self.version = inner, [], inner.version
+            self.lock = threading.Lock()
+
+        def rerank_batch(self, queries, candidate_lists, **kw):
+            with self.lock:
+                self.sizes.append(len(queries))
+            return self.inner.rerank_batch(queries, candidate_lists, **kw)
+
+    counting = Counting(tiny_reranker)
+    queries = ["Hamlet", "Paris", "Everest", "Mozart"]
+    solo = {q: [d.id for d in compression_retriever(counting).invoke(q)] for q in queries}
+    retriever = compression_retriever(counting, batch_wait_ms=500.0, max_batch_queries=8)
+    counting.sizes.clear()
+    barrier, got = threading.Barrier(8), []
+
+    def worker(i):
+        barrier.wait()
+        got.append((queries[i % 4], [d.id for d in retriever.invoke(queries[i % 4])]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(counting.sizes) == 8 and len(counting.sizes) < 8
+    assert all(ids == solo[q] for q, ids in got)

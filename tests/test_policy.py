@@ -201,7 +201,7 @@ def test_bad_inputs_give_clear_errors(tiny_reranker):
         tiny_reranker.rerank("   ", TEXTS)
     with pytest.raises(TypeError, match="candidate 1"):
         tiny_reranker.rerank(QUERY, ["fine", 42])
-    with pytest.raises(TypeError, match="candidate 0 text"):
+    with pytest.raises(TypeError, match="candidate 'a': text must be a str"):  # Candidate checks itself
         tiny_reranker.rerank(QUERY, [Candidate("a", None)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"top_n \(1\) must be >= min_k \(2\)"):
         tiny_reranker.rerank(QUERY, TEXTS, top_n=1, min_k=2)

@@ -123,3 +123,104 @@ def test_smollm2_answers_real_passages(smollm2, shared_data_dir):
     with_gold = smollm2.loglik(prompts, [r.answers[0] for r in rows])
     closed = smollm2.loglik([build_prompt(r.query, []) for r in rows], [r.answers[0] for r in rows])
     assert sum(w > c for w, c in zip(with_gold, closed)) >= 2
+
+
+# --------------------------------------------------------------------------- prefix sharing
+
+RANKING = [
+    Candidate(id=str(i), title=f"Passage {i}", text=f"Fact number {i}: the river {i} flows north past the town of Vell{i}. " * 3)
+    for i in range(5)
+]
+
+
+def _shared_prefix_workload() -> tuple[list[str], list[str]]:
+    """Nested prefixes of a ranking, another ranking that starts alike, an unrelated
+    question, duplicates: shuffled, as a trainer would send them."""
+    import random
+
+    prompts = [build_prompt("Which way does the river flow?", RANKING[:k]) for k in range(len(RANKING) + 1)]
+    targets = ["north"] * len(prompts)
+    prompts += [build_prompt("Which way does the river flow?", [RANKING[0], RANKING[3]])] * 2
+    targets += ["north", "north"]
+    prompts += [build_prompt("Who founded Vell2?", RANKING[2:4]), "2+2?"]
+    targets += ["nobody we know of", "4"]
+    order = list(range(len(prompts)))
+    random.Random(0).shuffle(order)
+    return [prompts[i] for i in order], [targets[i] for i in order]
+
+
+def test_prefix_shared_loglik_equals_padded_batches(tiny, tiny_causal_lm_dir):
+    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=4, progress=False, prefix_sharing=False)
+    assert tiny.prefix_sharing and not plain.prefix_sharing
+    prompts, targets = _shared_prefix_workload()
+    tiny.reset_stats()
+    shared = tiny.loglik(prompts, targets)
+    assert shared == pytest.approx(plain.loglik(prompts, targets), abs=1e-5)  # in input order
+    assert tiny.stats["rows"] == len(prompts)
+    assert tiny.stats["tokens_requested"] == plain.stats["tokens_requested"]
+    assert tiny.stats["tokens_evaluated"] < 0.5 * tiny.stats["tokens_requested"] <= plain.stats["tokens_evaluated"]
+    tiny.reset_stats()
+    assert tiny.stats == {"rows": 0, "tokens_requested": 0, "tokens_evaluated": 0}
+
+
+def test_prefix_shared_edge_cases(tiny, tiny_causal_lm_dir):
+    assert tiny.loglik([], []) == [] and tiny.stats["rows"] == 0
+    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", progress=False, prefix_sharing=False)
+    one = tiny.loglik([PROMPTS[3]], [TARGETS[3]])
+    assert one == pytest.approx(plain.loglik([PROMPTS[3]], [TARGETS[3]]), abs=1e-5)
+    # A target longer than the whole budget: both paths keep half the budget of target
+    # tokens and cut the context in the middle, so they score the same tokens.
+    kw = dict(device="cpu", max_prompt_tokens=48, progress=False)
+    short_shared = LocalReader(str(tiny_causal_lm_dir), **kw)
+    short_plain = LocalReader(str(tiny_causal_lm_dir), prefix_sharing=False, **kw)
+    prompts, targets = [PROMPTS[3], PROMPTS[3]], ["a very long answer " * 20, "Shakespeare"]
+    values = short_shared.loglik(prompts, targets)
+    assert all(math.isfinite(v) for v in values)
+    assert values == pytest.approx(short_plain.loglik(prompts, targets), abs=1e-5)
+    assert short_shared.stats["tokens_requested"] <= 2 * 48
+
+
+def test_prefix_sharing_falls_back_without_a_cropable_cache(tiny, monkeypatch, tiny_causal_lm_dir):
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, MistralConfig
+
+    def no_cache(input_ids=None, attention_mask=None, position_ids=None):  # pragma: no cover
+        raise AssertionError
+
+    def with_cache(input_ids=None, cache=None, position_ids=None):  # pragma: no cover
+        raise AssertionError
+
+    def fake(forward, config):
+        return SimpleNamespace(model=SimpleNamespace(forward=forward, config=config))
+
+    assert LocalReader._cache_argument(fake(no_cache, LlamaConfig(num_hidden_layers=1))) is None
+    assert LocalReader._cache_argument(fake(with_cache, LlamaConfig(num_hidden_layers=1))) == "cache"
+    sliding = MistralConfig(num_hidden_layers=1, sliding_window=16)  # cannot be cropped back
+    assert LocalReader._cache_argument(fake(with_cache, sliding)) is None
+
+    monkeypatch.setattr(LocalReader, "_cache_argument", lambda self: None)
+    fallback = LocalReader(str(tiny_causal_lm_dir), device="cpu", progress=False)
+    assert not fallback.prefix_sharing
+    prompts, targets = _shared_prefix_workload()
+    assert fallback.loglik(prompts, targets) == pytest.approx(tiny.loglik(prompts, targets), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_prefix_sharing_agrees_on_a_real_ranking(smollm2, shared_data_dir):
+    first, other = gold_pair_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 2)
+    passages = first.candidates
+    # The 5 prefixes of a 5-passage ranking, a sampled ranking that starts alike, and a
+    # ranking for another question: the reward workload of one RRPO step, in small.
+    prompts = [build_prompt(first.query, passages[:k], 60) for k in range(1, 6)]
+    prompts += [build_prompt(first.query, [passages[0], passages[3], passages[5]], 60),
+                build_prompt(other.query, other.candidates[:2], 60)]
+    targets = [first.answers[0]] * 6 + [other.answers[0]]
+    plain = LocalReader("smollm2-135m", device="cpu", progress=False, prefix_sharing=False)
+    assert plain.model is smollm2.model
+    smollm2.reset_stats()
+    shared = smollm2.loglik(prompts, targets)
+    assert shared == pytest.approx(plain.loglik(prompts, targets), abs=1e-4)
+    stats = smollm2.stats
+    print(f"prefix sharing ran {stats['tokens_evaluated']} of {stats['tokens_requested']} tokens")
+    assert stats["tokens_evaluated"] < 0.6 * stats["tokens_requested"]

@@ -134,8 +134,9 @@ def _checkpoint_dir(model: str) -> str:
 
 def build_specs(parsed: list[ParsedSpec], args: argparse.Namespace, with_oracle: bool):
     """Load each distinct model once and turn parsed specs into RerankerSpecs."""
-    from rrpo import Reranker
     from rrpo.evaluate import RerankerSpec
+
+    from . import load_reranker
 
     models: dict[str, object] = {}
     specs = []
@@ -143,7 +144,7 @@ def build_specs(parsed: list[ParsedSpec], args: argparse.Namespace, with_oracle:
         reranker = None
         if p.model != "none":
             if p.model not in models:
-                models[p.model] = Reranker.from_pretrained(_checkpoint_dir(p.model), device=args.device)
+                models[p.model] = load_reranker(_checkpoint_dir(p.model), device=args.device)
             reranker = models[p.model]
         min_k = min(args.min_k, p.top_n)
         specs.append(RerankerSpec(p.label, reranker, top_n=p.top_n, min_k=min_k, dynamic_k=p.dynamic_k))
@@ -165,7 +166,8 @@ def write_outputs(report, out_dir: Path) -> dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     from rrpo.evaluate import evaluate
-    from rrpo.readers import get_reader
+
+    from . import load_reader
 
     try:
         parsed = [
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         examples = load_data(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"rrpo eval: {err}", file=sys.stderr)
+        print(f"rrpo eval: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if not examples:
         print(f"rrpo eval: no questions in {args.data}", file=sys.stderr)
@@ -187,14 +189,14 @@ def run(args: argparse.Namespace) -> int:
     baseline = args.baseline or parsed[0].label
     try:
         specs = build_specs(parsed, args, with_oracle)
-        reader = get_reader(args.reader, device=args.device)
+        reader = load_reader(args.reader, device=args.device)
         report = evaluate(
             examples, specs, reader, max_words=args.max_words, baseline=baseline,
             n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
             batch_size=args.batch_size,
         )
     except (ValueError, OSError) as err:  # a bad spec, a model or file that is not there
-        print(f"rrpo eval: {err}", file=sys.stderr)
+        print(f"rrpo eval: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     report.info.update(data=str(args.data), corpus=args.corpus, limit=args.limit)
     paths = write_outputs(report, Path(args.out))

@@ -41,12 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrpo.feedback import FeedbackStore, UnknownRecordError
+    from rrpo.feedback import FeedbackStore, NotAFeedbackStoreError, SchemaVersionError, UnknownRecordError
 
     try:
         store = FeedbackStore(args.db, create=False)
-    except FileNotFoundError as err:
-        print(f"rrpo feedback: {err}", file=sys.stderr)
+    except (FileNotFoundError, NotAFeedbackStoreError, SchemaVersionError) as err:
+        # A typo, a file that is not SQLite, another app's database: one line, exit 2.
+        print(f"rrpo feedback: error: {err}", file=sys.stderr)
         return 2
     try:
         handler = {"stats": _stats, "export": _export, "rate": _rate}[args.feedback_command]

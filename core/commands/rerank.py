@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 NAME = "rerank"
 HELP = "rerank the candidates of each question in a JSONL file; writes kept ids, scores and k as JSONL"
@@ -22,14 +23,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="-", help="output JSONL path ('-' = stdout)")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Bad numbers and paths fail before any model loads (main prints one line, exit 2)."""
+    for flag, value, low in (("--batch-queries", args.batch_queries, 1), ("--top-n", args.top_n, 0),
+                             ("--min-k", args.min_k, 0), ("--limit", args.limit, 0)):  # fmt: skip
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.out != "-" and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file path for the JSONL output (or '-')")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .. import Reranker
     from ..data import load_examples
+    from . import load_reranker
 
+    check_arguments(args)
     examples = load_examples(args.data, limit=args.limit)
-    reranker = Reranker.from_pretrained(args.model, device=args.device)
+    reranker = load_reranker(args.model, device=args.device)
     top_n = args.top_n or None
     out = sys.stdout if args.out == "-" else open(args.out, "w")
     try:

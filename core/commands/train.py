@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "train"
 HELP = "train a reranker with RRPO: reinforcement learning from the reader's answer quality"
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_training_examples(args: argparse.Namespace):
     if bool(args.data) == bool(getattr(args, "feedback", None)):
-        raise SystemExit("rrpo train: give exactly one of --data or --feedback")
+        raise ValueError("give exactly one of --data or --feedback")
     if args.data:
         from ..data import load_examples
 
@@ -36,23 +37,29 @@ def load_training_examples(args: argparse.Namespace):
     else:
         from ..feedback import FeedbackStore
 
-        records = FeedbackStore(args.feedback).records(limit=args.limit)
+        # create=False: a mistyped path is an error, not a new empty store.
+        with FeedbackStore(args.feedback, create=False) as store:
+            records = store.records(limit=args.limit)
         examples = [r.to_example() for r in records]
     if not examples:
-        raise SystemExit("rrpo train: the training data is empty")
+        raise ValueError("the training data is empty")
     return examples
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import Reranker
-    from ..readers import get_reader
     from ..train import RRPOConfig, RRPOTrainer
+    from ..train.common import claim_out_dir
     from ..train.config import config_from_args
+    from . import load_reader, load_reranker
 
     config = config_from_args(RRPOConfig, args, args.config)  # fails fast, before loading models
+    if args.resume and config.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or start over")
+    if not args.resume:  # a used --out, too (the trainer checks again, then clears it for --overwrite)
+        claim_out_dir(Path(config.out_dir), config.overwrite, remove=False)
     examples = load_training_examples(args)
-    policy = Reranker.from_pretrained(args.init, device=config.device)
-    reader = get_reader(args.reader, device=config.device)
+    policy = load_reranker(args.init, device=config.device)
+    reader = load_reader(args.reader, device=config.device)
     trainer = RRPOTrainer(policy, reader, examples, config, resume=args.resume)
     trainer.train()
     print(f"trained {trainer.step} steps; model saved to {config.out_dir}/model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "train-sft"
 HELP = "train the relevance-SFT baseline reranker on gold passage flags"
@@ -17,16 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import Reranker
     from ..data import load_examples
     from ..train import SFTConfig, SFTTrainer
+    from ..train.common import claim_out_dir
     from ..train.config import config_from_args
+    from . import load_reranker
 
     config = config_from_args(SFTConfig, args, args.config)
+    claim_out_dir(Path(config.out_dir), config.overwrite, remove=False)  # before loading models
     if not args.data:
-        raise SystemExit("rrpo train-sft: --data is required")
+        raise ValueError("--data is required")
     examples = load_examples(args.data, limit=args.limit)
-    reranker = Reranker.from_pretrained(args.init, device=config.device)
+    reranker = load_reranker(args.init, device=config.device)
     SFTTrainer(reranker, examples, config).train()
     print(f"model saved to {config.out_dir}/model")
     return 0

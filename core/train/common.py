@@ -6,12 +6,20 @@ process killed mid-save leaves either the previous checkpoint or the new one, ne
 of one. It holds the model as a plain Hugging Face directory (safetensors) and the
 trainer state (optimiser, scheduler, RNG, step) in ``trainer_state.pt``, which is read
 back with ``torch.load(weights_only=True)``: tensors and plain Python values only.
+
+``checkpoint.json`` is written last: the run's id and a SHA-256 of every file. Resume
+takes the newest checkpoint that matches it and skips a damaged one (a disk that lost
+the tail of a file), naming the bad file; retention deletes only the current run's
+older checkpoints. A fresh run refuses an ``out_dir`` that holds another run's
+checkpoints or metrics unless told to overwrite them (:func:`claim_out_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import math
 import random
 import shutil
@@ -23,19 +31,35 @@ import torch
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.pt"
+MARKER_FILE = "checkpoint.json"  # written last: run id and checksums
+METRICS_FILE = "metrics.jsonl"
+READER_CACHE_FILE = "reader_cache.sqlite"  # the trainer's response cache, kept with the run
+
+logger = logging.getLogger(__name__)
 
 
-def make_optimizer(policy: Any, lr: float, stop_head_lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with two groups: the cross-encoder, and the fresh STOP head at a larger rate."""
+def make_optimizer(
+    policy: Any, lr: float, stop_head_lr: float, weight_decay: float, head_lr: float | None = None
+) -> torch.optim.AdamW:
+    """AdamW with up to three groups: the cross-encoder; freshly initialised scoring-head
+    weights (``policy.fresh_parameters``) at ``head_lr``; the STOP head at its own rate.
+
+    A fresh one-logit head gives near-equal scores, so Plackett-Luce is uniform and the
+    encoder's small rate cannot leave that plateau: the fresh weights need a larger one.
+    """
     stop_ids = {id(p) for p in policy.stop_head.parameters()}
-    encoder = [p for p in policy.parameters() if p.requires_grad and id(p) not in stop_ids]
+    fresh_names = getattr(policy, "fresh_parameters", set()) if head_lr is not None else set()
+    fresh = [p for n, p in policy.named_parameters() if n in fresh_names and p.requires_grad]
+    fresh_ids = {id(p) for p in fresh}
+    encoder = [p for p in policy.parameters() if p.requires_grad and id(p) not in stop_ids | fresh_ids]
     head = [p for p in policy.stop_head.parameters() if p.requires_grad]
-    return torch.optim.AdamW(
-        [
-            {"params": encoder, "lr": lr, "weight_decay": weight_decay},
-            {"params": head, "lr": stop_head_lr, "weight_decay": 0.0},
-        ]
-    )
+    groups = [
+        {"params": encoder, "lr": lr, "weight_decay": weight_decay},
+        {"params": head, "lr": stop_head_lr, "weight_decay": 0.0},
+    ]
+    if fresh:
+        groups.append({"params": fresh, "lr": head_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -145,10 +169,12 @@ POLICY_STATE_FILE = "policy_state.safetensors"
 
 
 def save_checkpoint(
-    out_dir: Path, step: int, policy: Any, trainer_state: dict[str, Any], save_model: Any, keep: int = 2
+    out_dir: Path, step: int, policy: Any, trainer_state: dict[str, Any], save_model: Any, keep: int = 2,
+    run_id: str = "",
 ) -> Path:
     """``save_model(dir)`` writes the usable reranker (merged, when LoRA is on);
-    ``policy_state.safetensors`` keeps the exact training parameters for ``--resume``."""
+    ``policy_state.safetensors`` keeps the exact training parameters for ``--resume``.
+    Of the checkpoints marked with ``run_id``, the newest ``keep`` stay."""
     from safetensors.torch import save_model as save_tensors
 
     final = out_dir / f"{CHECKPOINT_PREFIX}{step}"
@@ -158,11 +184,58 @@ def save_checkpoint(
     save_model(tmp / "model")
     save_tensors(policy, str(tmp / POLICY_STATE_FILE))
     torch.save(trainer_state, tmp / STATE_FILE)
+    _write_marker(tmp, step, run_id)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for _, old in list_checkpoints(out_dir)[:-keep]:
+    mine = [path for _, path in list_checkpoints(out_dir) if checkpoint_run(path) == run_id]
+    for old in mine[:-keep]:  # another run's checkpoints are never this run's to delete
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_marker(directory: Path, step: int, run_id: str) -> None:
+    files = {p.relative_to(directory).as_posix(): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+    (directory / MARKER_FILE).write_text(json.dumps({"step": step, "run_id": run_id, "files": files}, indent=1))
+
+
+def _read_marker(checkpoint: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((checkpoint / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def checkpoint_run(checkpoint: Path) -> str | None:
+    """The id of the run that wrote ``checkpoint`` (None without a readable marker)."""
+    marker = _read_marker(checkpoint)
+    return None if marker is None else marker.get("run_id")
+
+
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """None when every file matches the marker's checksum; else what is wrong, naming
+    the file. A checkpoint from before markers existed is not checked here (loading it
+    is the check)."""
+    if not (checkpoint / MARKER_FILE).exists():
+        return None
+    marker = _read_marker(checkpoint)
+    if marker is None or not isinstance(marker.get("files"), dict):
+        return f"{MARKER_FILE} is unreadable"
+    for name, digest in marker["files"].items():
+        file = checkpoint / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if _sha256(file) != digest:
+            return f"{name} does not match its checksum (truncated or changed after the save)"
+    return None
 
 
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
@@ -179,12 +252,75 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read back."""
+
+
 def load_checkpoint(checkpoint: Path, policy: Any) -> dict[str, Any]:
     """Restore the policy's parameters in place and return the trainer state."""
     from safetensors.torch import load_model
 
-    load_model(policy, str(checkpoint / POLICY_STATE_FILE), device=str(next(policy.parameters()).device))
-    return torch.load(checkpoint / STATE_FILE, weights_only=True, map_location="cpu")
+    try:
+        load_model(policy, str(checkpoint / POLICY_STATE_FILE), device=str(next(policy.parameters()).device))
+    except Exception as exc:  # safetensors and torch raise many types for a damaged file
+        raise CheckpointError(f"{POLICY_STATE_FILE} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    try:
+        return torch.load(checkpoint / STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{STATE_FILE} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def load_latest_checkpoint(out_dir: Path, policy: Any) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest checkpoint that verifies and loads; a damaged newer one is
+    skipped with a warning naming the bad file. None when ``out_dir`` holds none; a
+    :class:`CheckpointError` listing the problems when none of them is usable."""
+    problems = []
+    for _, checkpoint in reversed(list_checkpoints(out_dir)):
+        problem = verify_checkpoint(checkpoint)
+        if problem is None:
+            try:
+                return checkpoint, load_checkpoint(checkpoint, policy)
+            except CheckpointError as exc:
+                problem = str(exc)
+        logger.warning("checkpoint %s is damaged (%s): trying an older one", checkpoint, problem)
+        problems.append(f"{checkpoint.name}: {problem}")
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {out_dir}: " + "; ".join(problems))
+    return None
+
+
+def claim_out_dir(out_dir: Path, overwrite: bool, remove: bool = True) -> None:
+    """Check that a fresh run may write into ``out_dir``: one that holds another run's
+    checkpoints or metrics is refused (a ValueError saying what to do), unless
+    ``overwrite``, when those files and the run's reader cache are deleted (by the
+    process with ``remove``: rank 0)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {out_dir} is a file, not a folder")
+    if not out_dir.is_dir():
+        return
+    used = sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*"))
+    metrics = out_dir / METRICS_FILE
+    if metrics.is_file() and metrics.stat().st_size:
+        used.append(metrics)
+    if not used:
+        return
+    if not overwrite:
+        names = ", ".join(p.name for p in used[:3]) + (", ..." if len(used) > 3 else "")
+        raise ValueError(
+            f"{out_dir} already holds a training run ({names}); resume it (--resume, resume=True), "
+            "start over (--overwrite, overwrite=True: deletes its checkpoints, metrics and reader "
+            "cache) or choose another --out"
+        )
+    if not remove:
+        return
+    logger.warning("overwrite: deleting the earlier run's checkpoints, metrics and reader cache in %s", out_dir)
+    for path in used + sorted(out_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for suffix in ("", "-wal", "-shm"):
+        (out_dir / (READER_CACHE_FILE + suffix)).unlink(missing_ok=True)
 
 
 class Throughput:

@@ -36,14 +36,17 @@ class RRPOConfig:
     clip_eps: float = _f(0.2, "PPO clip range")
     kl_beta: float = _f(0.02, "weight of the KL penalty to the frozen initial reranker")
     gamma: float = _f(1.0, "discount over selection steps")
-    gae_lambda: float = _f(0.95, "GAE lambda over selection steps")
-    baseline: str = _f("reference", "reference: the frozen reranker's greedy prefix of the same length; group: leave-one-out mean of the group")
-    learning_rate: float = _f(2e-5, "AdamW learning rate of the cross-encoder")
-    stop_head_lr: float = _f(1e-3, "AdamW learning rate of the STOP head (fresh, so larger)")
+    gae_lambda: float = _f(1.0, "GAE lambda over selection steps (baseline 'reference'; below 1 biases the first picks)")
+    baseline: str = _f("group", "group: leave-one-out mean of the group's returns from the same step; reference: the frozen reranker's greedy prefix of the same length (the paper's anchor)")
+    stop_loss_weight: float = _f(1.0, "weight of the STOP objective fitted on the sampled per-prefix curves: stop where stopping beat the sampled continuation (0 = policy gradient only)")
+    learning_rate: float = _f(5e-4, "AdamW learning rate of the trained encoder layers (sized for train_top_layers=2; use ~1e-4 for all layers)")
+    head_lr: float = _f(1e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
+    stop_head_lr: float = _f(1e-2, "AdamW learning rate of the STOP head (small, so larger)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     warmup_steps: int = _f(5, "linear warm-up steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     max_words: int = _f(120, "words of each passage the reader sees")
+    train_top_layers: int = _f(2, "train only the top N encoder layers and the heads (0, or N >= the depth: all layers); the layers below are frozen and their outputs computed once per (query, passage) and reused")
     lora: bool = _f(False, "train LoRA adapters (peft) instead of the full cross-encoder")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
@@ -52,14 +55,18 @@ class RRPOConfig:
     device: str | None = _f(None, "cpu, cuda, cuda:1, mps; default: the best available")
     bf16: bool | None = _f(None, "bf16 autocast; default: on for CUDA")
     out_dir: str = _f("rrpo-out", "where checkpoints, metrics.jsonl, curves.png and the final model go")
+    overwrite: bool = _f(False, "start over in an out_dir that holds an earlier run (deletes its checkpoints, metrics and reader cache); without it such a folder is refused")
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> "RRPOConfig":
         _positive(self, "group_size", "queries_per_step", "max_steps", "ppo_epochs", "max_k", "max_words")
-        _non_negative(self, "min_k", "context_cost", "kl_beta", "warmup_steps", "checkpoint_every")
+        _non_negative(self, "min_k", "context_cost", "kl_beta", "warmup_steps", "checkpoint_every", "stop_loss_weight",
+                      "train_top_layers")  # fmt: skip
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         _choice(self, "reward_mode", {"per_prefix", "terminal"})
+        if self.lora and self.train_top_layers:
+            raise ValueError("lora and train_top_layers exclude each other: set train_top_layers=0 to train LoRA adapters")
         _choice(self, "baseline", {"reference", "group"})
         if self.baseline == "group" and self.group_size < 2:
             raise ValueError("baseline 'group' needs group_size >= 2")
@@ -77,6 +84,7 @@ class SFTConfig:
     epochs: float = _f(2.0, "passes over the training examples (fractions allowed)")
     examples_per_step: int = _f(8, "examples per optimisation step (all their candidates)")
     learning_rate: float = _f(3e-5, "AdamW learning rate of the cross-encoder")
+    head_lr: float = _f(1e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
     stop_head_lr: float = _f(1e-3, "AdamW learning rate of the STOP head")
     stop_loss_weight: float = _f(0.5, "weight of the STOP head's loss: stop right after the relevant passages")
     weight_decay: float = _f(0.01, "AdamW weight decay")
@@ -87,6 +95,7 @@ class SFTConfig:
     device: str | None = _f(None, "cpu, cuda, mps; default: the best available")
     bf16: bool | None = _f(None, "bf16 autocast; default: on for CUDA")
     out_dir: str = _f("rrpo-sft", "where metrics.jsonl and the final model go")
+    overwrite: bool = _f(False, "start over in an out_dir that holds an earlier run's metrics; without it such a folder is refused")
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> "SFTConfig":
@@ -144,7 +153,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = hints[f.name]
         text = f"{f.metadata['help']} (default: {f.default})"
         if kind in (bool, bool | None):
-            group.add_argument(flag, dest=f.name, type=_parse_optional_bool, default=None, metavar="BOOL", help=text)
+            # "--overwrite" alone means true; "--progress false" still works.
+            group.add_argument(flag, dest=f.name, type=_parse_optional_bool, nargs="?", const=True, default=None,
+                               metavar="BOOL", help=text)  # fmt: skip
         else:
             base = {int: int, float: float}.get(kind, str)
             group.add_argument(flag, dest=f.name, type=base, default=None, help=text)

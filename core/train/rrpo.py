@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,6 +64,8 @@ class QueryRollout:
     qualities: list[dict[int, float | None]] = field(default_factory=list)  # per sample: {t: Q(t)}
     advantages: torch.Tensor | None = None  # (G, L)
     greedy_k: int = 0
+    live: Scored | None = None  # the rollout's forward, with its graph: the first PPO epoch reuses it
+    stop_targets: torch.Tensor | None = None  # (G, L) 1 = stopping beat the continuation, 0 = it did not, nan = no label
 
 
 class RRPOTrainer:
@@ -83,9 +86,18 @@ class RRPOTrainer:
         self.config = (config or RRPOConfig()).validate()
         self.examples = _check_examples(examples)
         self.reward_fn = get_reward(reward or self.config.reward)
-        self.reader = reader if isinstance(reader, CachedReader) else CachedReader(reader)
         self.out_dir = Path(self.config.out_dir)
         self.rank, self.world = _distributed_rank()
+        if resume and self.config.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run in out_dir, or start over")
+        if not resume:  # a fresh run never mixes with an earlier run's checkpoints and metrics
+            common.claim_out_dir(self.out_dir, self.config.overwrite, remove=self.rank == 0)
+        self.run_id = uuid.uuid4().hex[:12]  # marks this run's checkpoints; a resume takes over theirs
+        # The response cache lives with the run, so a resumed run gets the very answers the
+        # killed one got (asked again in other batches, a reader's log-lik moves by ~1e-6).
+        self.reader = reader if isinstance(reader, CachedReader) else CachedReader(
+            reader, self.out_dir / common.READER_CACHE_FILE
+        )
         self.device = torch.device(_pick_device(self.config.device, self.rank))
 
         self.policy = policy.to(self.device)
@@ -94,10 +106,12 @@ class RRPOTrainer:
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.config.lora:
             _apply_lora(self.policy, self.config)
+        self.policy.train_top_layers(self.config.train_top_layers)
         self.policy.eval()
 
         self.optimizer = common.make_optimizer(
-            self.policy, self.config.learning_rate, self.config.stop_head_lr, self.config.weight_decay
+            self.policy, self.config.learning_rate, self.config.stop_head_lr, self.config.weight_decay,
+            head_lr=self.config.head_lr,
         )
         self.scheduler = common.linear_schedule(self.optimizer, self.config.warmup_steps, self.config.max_steps)
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -129,6 +143,7 @@ class RRPOTrainer:
         bar.close()
         self.save_checkpoint()
         self.save_final()
+        self.policy.release_frozen_layers()
         return self.policy
 
     def train_step(self) -> dict[str, Any]:
@@ -160,12 +175,15 @@ class RRPOTrainer:
         cfg = self.config
         queries = [ex.query for ex in batch]
         cands = [ex.candidates for ex in batch]
-        with torch.no_grad(), common.autocast(self.device, cfg.bf16):
-            scored = self.policy.score_pairs(queries, cands)
+        # With gradients on: the first PPO epoch reuses this forward (its ratio is exactly
+        # 1), so a step with one epoch costs one forward and one backward.
+        with common.autocast(self.device, cfg.bf16):
+            live = self.policy.score_pairs(queries, cands)
         ref_scored = self._reference_scores(batch)
         out = []
-        for ex, s, rs in zip(batch, scored, ref_scored):
-            s = _as_float(s)
+        for ex, s_live, rs in zip(batch, live, ref_scored):
+            s_live = _as_float(s_live)
+            s = Scored(s_live.scores.detach(), s_live.hidden.detach())
             selections = self.policy.sample_scored(s, cfg.group_size, self.generator, top_n=cfg.max_k, min_k=cfg.min_k)
             logged = _logged_selection(ex, s, cfg)
             if logged is not None:
@@ -177,7 +195,7 @@ class RRPOTrainer:
             order = torch.argsort(s.scores, descending=True, stable=True)
             gk = greedy_k(s.scores, s.hidden, self.policy.stop_head, order, min_k=min(cfg.min_k, limit),
                           max_k=cfg.max_k, norm_k=self.policy.settings.max_k)  # fmt: skip
-            out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk))
+            out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live))
             if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
                 self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
         return out
@@ -249,11 +267,14 @@ class RRPOTrainer:
                 self._group_advantages(r)
             else:
                 self._reference_advantages(r)
+            r.stop_targets = self._stop_targets(r)
         valid = torch.cat([r.advantages[r.mask] for r in rollouts]) if rollouts else torch.zeros(0)
         if valid.numel() > 1:
-            mu, sigma = valid.mean(), valid.std()
+            # Scale only: the baselines already centre the advantages, and a shared shift
+            # would give every step of every sample the same push.
+            sigma = valid.std()
             for r in rollouts:
-                r.advantages = torch.where(r.mask, (r.advantages - mu) / (sigma + 1e-8), torch.zeros_like(r.advantages))
+                r.advantages = torch.where(r.mask, r.advantages / (sigma + 1e-8), torch.zeros_like(r.advantages))
 
     def _reference_advantages(self, r: QueryRollout) -> None:
         cfg = self.config
@@ -286,41 +307,89 @@ class RRPOTrainer:
         return rewards, values
 
     def _group_advantages(self, r: QueryRollout) -> None:
-        finals = [q.get(sel.k) for sel, q in zip(r.selections, r.qualities)]
-        for g, final in enumerate(finals):
-            others = [f for j, f in enumerate(finals) if j != g and f is not None]
-            if final is None or not others:
+        """Leave-one-out over the group, step by step (unbiased: each sample's baseline
+        comes from the other, independent samples of the same query).
+
+        The return from step t is what the rest of the sample earned, Q(k) - Q(t) with
+        per-prefix qualities (the final Q(k) in terminal mode, where Q(t) is unknown); the
+        baseline at step t is the mean return of the other samples from the same step,
+        0 for a sample that had already stopped there (it earns nothing more).
+        """
+        per_prefix = self.config.reward_mode == "per_prefix"
+        returns: list[list[float] | None] = []
+        for sel, q in zip(r.selections, r.qualities):
+            steps = sel.k + (1 if sel.k < r.limit else 0)
+            known = range(sel.k + 1) if per_prefix else [sel.k]
+            if any(q.get(t) is None for t in known):
+                returns.append(None)
+            elif per_prefix:
+                returns.append(_returns_to_go([q[t + 1] - q[t] for t in range(sel.k)], steps, self.config.gamma))
+            else:
+                returns.append([q[sel.k]] * steps)
+        width = r.advantages.shape[1]
+        for g, own in enumerate(returns):
+            others = [ret for j, ret in enumerate(returns) if j != g and ret is not None]
+            if own is None or not others:
                 r.mask[g] = False
                 continue
-            r.advantages[g] = final - sum(others) / len(others)
+            for t in range(min(len(own), width)):
+                # a sample that had stopped before step t earns nothing more (0); in
+                # terminal mode its final quality stands for every step
+                pad = 0.0 if per_prefix else None
+                base = [ret[t] if t < len(ret) else (pad if pad is not None else ret[-1]) for ret in others]
+                r.advantages[g, t] = own[t] - sum(base) / len(base)
+
+    def _stop_targets(self, r: QueryRollout) -> torch.Tensor | None:
+        """Labels for the STOP decision from the sample's own per-prefix curve: at every
+        step t where a sample went on (and STOP was allowed), stopping there would have
+        given Q(t); going on gave Q(k). Label 1 where stopping was at least as good.
+        Credit for stopping then depends on what the sample achieved, not on the
+        reference's curve."""
+        if self.config.reward_mode != "per_prefix" or self.config.stop_loss_weight == 0:
+            return None
+        targets = torch.full_like(r.old_logp, float("nan"))
+        for g, (sel, q) in enumerate(zip(r.selections, r.qualities)):
+            if any(q.get(t) is None for t in range(sel.k + 1)):
+                continue
+            for t in range(min(self.config.min_k, r.limit), sel.k):
+                targets[g, t] = 1.0 if q[t] >= q[sel.k] else 0.0
+        return targets
 
     # ------------------------------------------------------------------ 4./5. loss and step
     def update(self, rollouts: list[QueryRollout]) -> dict[str, float]:
         cfg = self.config
         live = [r for r in rollouts if bool(r.mask.any())]
-        stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+        stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "stop_loss": 0.0}
         if not live:
+            for r in rollouts:
+                r.live = None
             self.scheduler.step()
             return stats
-        for _ in range(cfg.ppo_epochs):
-            loss, kl, clip_frac = self.loss(live)
+        for epoch in range(cfg.ppo_epochs):
+            if epoch == 0:
+                scored = [r.live for r in live]
+            else:
+                with common.autocast(self.device, cfg.bf16):
+                    scored = self.policy.score_pairs([r.example.query for r in live], [r.example.candidates for r in live])
+            loss, parts = self.loss(live, scored)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _sync_gradients(self.policy, self.world)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-            stats = {"loss": loss.item(), "kl": kl.item(), "clip_frac": clip_frac.item(), "grad_norm": norm.item()}
+            stats = {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "grad_norm": norm.item()}
+        for r in rollouts:
+            r.live = None  # free the rollout's graph
         self.scheduler.step()
         return stats
 
-    def loss(self, rollouts: list[QueryRollout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(self, rollouts: list[QueryRollout], scored: list[Scored]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """PPO-clip + beta * KL to the reference + the STOP objective (weighted)."""
         cfg = self.config
-        with common.autocast(self.device, cfg.bf16):
-            scored = self.policy.score_pairs([r.example.query for r in rollouts], [r.example.candidates for r in rollouts])
-        pg_terms, kl_terms, clipped = [], [], []
+        pg_terms, kl_terms, clipped, stop_terms = [], [], [], []
         for r, s in zip(rollouts, scored):
-            new = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k).values
-            mask = r.mask
+            steps = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k)
+            new, mask = steps.values, r.mask
             ratio = torch.exp(new - r.old_logp)
             adv = r.advantages
             unclipped = ratio * adv
@@ -329,9 +398,17 @@ class RRPOTrainer:
             log_ratio_ref = r.ref_logp - new
             kl_terms.append((torch.exp(log_ratio_ref) - log_ratio_ref - 1)[mask])
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
+            if r.stop_targets is not None:
+                labelled = ~torch.isnan(r.stop_targets) & torch.isfinite(steps.stop_log_odds)
+                if bool(labelled.any()):
+                    stop_terms.append(torch.nn.functional.binary_cross_entropy_with_logits(
+                        steps.stop_log_odds[labelled], r.stop_targets[labelled], reduction="none"))
         pg = torch.cat(pg_terms).mean()
         kl = torch.cat(kl_terms).mean()
-        return pg + cfg.kl_beta * kl, kl.detach(), torch.cat(clipped).mean()
+        stop = torch.cat(stop_terms).mean() if stop_terms else torch.zeros((), device=pg.device)
+        loss = pg + cfg.kl_beta * kl + cfg.stop_loss_weight * stop
+        parts = {"kl": kl.detach(), "clip_frac": torch.cat(clipped).mean(), "stop_loss": stop.detach()}
+        return loss, parts
 
     # ------------------------------------------------------------------ data order
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -380,19 +457,41 @@ class RRPOTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": common.rng_state(self.generator),
+            "run_id": self.run_id,
+            # The frozen reference's per-query results, kept as computed: scored again in
+            # other batches after a resume, they could differ in the last bit.
+            "reference": {
+                "scores": {qid: s.scores for qid, s in self._ref_scored.items()},
+                "hidden": {qid: s.hidden for qid, s in self._ref_scored.items()},
+                "orders": self._ref_orders,
+                "curves": self._reference_curves,
+            },
         }
 
     def save_checkpoint(self) -> Path | None:
         if self.rank != 0:
             return None
-        return common.save_checkpoint(self.out_dir, self.step, self.policy, self._state(), self._save_model)
+        return common.save_checkpoint(
+            self.out_dir, self.step, self.policy, self._state(), self._save_model, run_id=self.run_id
+        )
 
     def _resume(self) -> None:
-        checkpoint = common.latest_checkpoint(self.out_dir)
-        if checkpoint is None:
+        # The newest checkpoint that verifies; a damaged one is skipped with a warning.
+        found = common.load_latest_checkpoint(self.out_dir, self.policy)
+        if found is None:
             logger.info("no checkpoint under %s: starting from step 0", self.out_dir)
+            self.metrics.truncate_after(0)  # steps logged without a checkpoint are redone
             return
-        state = common.load_checkpoint(checkpoint, self.policy)
+        checkpoint, state = found
+        self.run_id = state.get("run_id") or common.checkpoint_run(checkpoint) or self.run_id
+        reference = state.get("reference") or {}
+        hidden = reference.get("hidden", {})
+        self._ref_scored = {
+            qid: Scored(scores.to(self.device), hidden[qid].to(self.device))
+            for qid, scores in reference.get("scores", {}).items()
+        }
+        self._ref_orders = dict(reference.get("orders", {}))
+        self._reference_curves = dict(reference.get("curves", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         common.set_rng_state(state["rng"], self.generator)
@@ -402,6 +501,9 @@ class RRPOTrainer:
         logger.info("resumed from %s at step %d", checkpoint, self.step)
 
     def _save_model(self, directory: Path) -> None:
+        # The STOP head was trained up to max_k only: rerank's default cap from now on.
+        self.policy.settings.default_top_n = self.config.max_k
+        self.policy.fresh_parameters = set()
         if not self.config.lora:
             self.policy.save_pretrained(directory)
             return
@@ -433,6 +535,15 @@ def _check_examples(examples: Sequence[Example]) -> list[Example]:
             raise TypeError(f"examples[{i}] must be an rrpo.Example, got {type(ex).__name__}")
         if not ex.candidates:
             raise ValueError(f"examples[{i}] ({ex.id!r}) has no candidates")
+    # Reference scores, curves and cached rewards are keyed by the id: two questions
+    # sharing one would silently share them.
+    first: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        if ex.id in first:
+            raise ValueError(
+                f"examples[{first[ex.id]}] and examples[{i}] share the id {ex.id!r}: example ids must be unique"
+            )
+        first[ex.id] = i
     return examples
 
 
@@ -442,6 +553,16 @@ def _as_float(s: Scored) -> Scored:
 
 def _usable_curve(curve: list[float | None] | None) -> bool:
     return curve is not None and all(q is not None for q in curve)
+
+
+def _returns_to_go(gains: list[float], steps: int, gamma: float) -> list[float]:
+    """Discounted sums of the per-pick gains from each step on (the stop step, if any,
+    earns nothing more); with gamma = 1 the return from step t is Q(k) - Q(t)."""
+    out, running = [0.0] * steps, 0.0
+    for t in reversed(range(steps)):
+        running = (gains[t] if t < len(gains) else 0.0) + gamma * running
+        out[t] = running
+    return out
 
 
 def _gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:

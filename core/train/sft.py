@@ -52,13 +52,15 @@ class SFTTrainer:
         self.reranker = reranker.to(self.device)
         common.to_float32(self.reranker)
         self.optimizer = common.make_optimizer(
-            self.reranker, self.config.learning_rate, self.config.stop_head_lr, self.config.weight_decay
+            self.reranker, self.config.learning_rate, self.config.stop_head_lr, self.config.weight_decay,
+            head_lr=self.config.head_lr,
         )
         per_epoch = math.ceil(len(self.examples) / self.config.examples_per_step)
         self.total_steps = max(1, math.ceil(per_epoch * self.config.epochs))
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = common.linear_schedule(self.optimizer, warmup, self.total_steps)
         self.out_dir = Path(self.config.out_dir)
+        common.claim_out_dir(self.out_dir, self.config.overwrite)  # never mix two runs' metrics
         self.metrics = common.MetricsLog(self.out_dir / "metrics.jsonl")
 
     def _labels(self, ex: Example) -> list[float]:
@@ -96,6 +98,8 @@ class SFTTrainer:
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         bar.close()
         self.reranker.eval()
+        self.reranker.fresh_parameters = set()  # trained now
+        self.reranker.settings.default_top_n = self.config.max_k  # the cap its STOP head learned
         self.reranker.save_pretrained(self.out_dir / "model")
         common.plot_curves(self.metrics.rows, ("loss", "bce", "stop_nll"), self.out_dir / "curves.png", "relevance SFT")
         return self.reranker
