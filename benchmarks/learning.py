@@ -9,7 +9,8 @@ steps, the output folder and the device are set) from two starting points:
 
 - ``sft``: a relevance-SFT warm start (``SFTTrainer`` at its defaults on the on-topic
   labels of :func:`rrpo.synthetic.relevance_labels`), which puts on-topic passages first;
-- ``fresh``: ``Reranker.from_pretrained("minilm-l6")``, a fresh scoring head.
+- ``fresh``: ``Reranker.from_pretrained("minilm-l6", scoring="cross_encoder")``, the
+  packaged MiniLM as a cross-encoder with a fresh scoring head.
 
 Every ``--eval-every`` steps it measures, on held-out questions of the same world:
 gold@1 (the greedy first passage is the answer passage), mean greedy k (top_n = max_k),
@@ -89,7 +90,7 @@ def _start(start: str, train, out: Path, device: str):
     from rrpo.synthetic import relevance_labels
     from rrpo.train import SFTConfig, SFTTrainer
 
-    base = Reranker.from_pretrained("minilm-l6", device=device)
+    base = Reranker.from_pretrained("minilm-l6", device=device, scoring="cross_encoder")  # a fresh head
     if start == "fresh":
         return base
     if start != "sft":

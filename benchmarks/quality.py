@@ -1,9 +1,10 @@
 """Quality benchmark on real data: does RRPO beat relevance SFT?
 
 For each data set, trains a relevance-SFT reranker and an RRPO reranker from the same
-base (MiniLM-L6) with the default reader (SmolLM2-135M), then evaluates side by side:
-none (retrieval order), oracle (gold passages), SFT top-3 / top-5, RRPO top-3 and RRPO
-with dynamic k (plus the untrained base at top-3 in the full size).
+base (MiniLM-L6; RRPO starts from the SFT checkpoint) with the default reader
+(SmolLM2-135M), then evaluates side by side: none (retrieval order), SFT top-1..5 and
+dynamic k, RRPO top-3 and dynamic k (top_n 5), oracle (gold passages) (plus the
+untrained base at top-3 in the full size).
 
 - HotpotQA distractor: train on ``hotpotqa-distractor.train``, evaluate on ``.dev``.
 - SQuAD v1.1 dev: candidates are the BM25 top-20 over the dev corpus; train on
@@ -11,6 +12,7 @@ with dynamic k (plus the untrained base at top-3 in the full size).
   article, so no article crosses).
 
     python benchmarks/quality.py --size small            # CPU smoke run, HotpotQA, 15-40 min
+    python benchmarks/quality.py --size cpu --minutes 90 --results benchmarks/RESULTS.md   # 2 cores
     python benchmarks/quality.py --size full --device cuda --dataset both
 
 Writes OUT/<dataset>/eval.{json,md,png}, the trained checkpoints, and OUT/RESULTS.md
@@ -24,6 +26,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import time
@@ -51,6 +54,12 @@ SIZES = {
     # every part runs, the numbers are a smoke test, not a result (use --size full).
     "small": Size(sft_train=64, sft_epochs=1, rrpo_train=16, rrpo_steps=3, queries_per_step=2,
                   eval=30, with_base_row=False),
+    # Issue 17 item 4 on a 2-core CPU: SFT on 320 train questions (1 epoch), RRPO from
+    # that SFT model for 38 steps x 8 of 304 train questions (each visited once), 300 dev
+    # questions. --minutes bounds the run: RRPO stops early and the evaluation takes the
+    # first dev questions that fit (measured on the first 16), both said in the table.
+    "cpu": Size(sft_train=320, sft_epochs=1, rrpo_train=304, rrpo_steps=38, queries_per_step=8,
+                eval=300, with_base_row=False),
     # A GPU: every training question for SFT; RRPO 300 steps x 8 questions (about two
     # passes over the 1,291 HotpotQA train questions); every evaluation question.
     "full": Size(sft_train=None, sft_epochs=2, rrpo_train=None, rrpo_steps=300, queries_per_step=8,
@@ -120,34 +129,61 @@ def train_sft(base: str, examples: list, size: Size, device: str | None, out: Pa
     return SFTTrainer(reranker, examples[: size.sft_train], config).train()  # saved to out/model
 
 
-def train_rrpo(base: str, reader, examples: list, size: Size, device: str | None, out: Path, max_words: int):
+def train_rrpo(start: str | Path, reader, examples: list, size: Size, device: str | None, out: Path, max_words: int,
+               deadline: float | None = None):
+    """RRPO from ``start`` (the SFT checkpoint: the policy and the frozen reference
+    both start there). The defaults are the method's choices; only the budget changes
+    with --size. With ``deadline`` (a time.time()) no step starts after it: the run is
+    saved after the steps that fit, and the number taken is in its metrics.jsonl."""
     from rrpo import Reranker
     from rrpo.train import RRPOConfig, RRPOTrainer
 
-    policy = Reranker.from_pretrained(base, device=device)
-    # The defaults are the method's choices (gold-answer log-lik per prefix, 1e-3 per
-    # context word, reference-anchored baseline); only the budget changes with --size.
+    policy = Reranker.from_pretrained(str(start), device=device)  # a fresh copy: the SFT row stays as trained
     config = RRPOConfig(
         min_k=1, max_k=5, max_steps=size.rrpo_steps, queries_per_step=size.queries_per_step,
         max_words=max_words, device=device, out_dir=str(out), seed=0, overwrite=True,  # re-runs start over
     )
-    return RRPOTrainer(policy, reader, examples[: size.rrpo_train], config).train()  # saved to out/model
+    trainer = RRPOTrainer(policy, reader, examples[: size.rrpo_train], config)
+    if deadline is None:
+        return trainer.train(), config.max_steps  # saved to out/model
+    from tqdm.auto import tqdm
+
+    (out).mkdir(parents=True, exist_ok=True)
+    trainer._write_config()
+    step_times: list[float] = []
+    with tqdm(total=config.max_steps, desc="rrpo") as bar:
+        while trainer.step < config.max_steps:
+            typical = max(step_times[-3:]) if step_times else 0.0
+            if time.time() + typical > deadline:
+                print(f"rrpo: stopping after {trainer.step} of {config.max_steps} steps (time budget)", flush=True)
+                break
+            begin = time.time()
+            row = trainer.train_step()
+            step_times.append(time.time() - begin)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", k=f"{row['mean_k']:.2f}", s=f"{step_times[-1]:.0f}")
+    trainer.save_final()
+    trainer.policy.release_frozen_layers()
+    return trainer.policy, trainer.step
 
 
 # ------------------------------------------------------------ evaluation ---
 
 
 def build_specs(sft, rrpo, base_model):
+    """none, SFT top-1..5 and dynamic k, RRPO top-3 and dynamic k (top_n 5), the gold-only
+    oracle (and the untrained base at top-3 when given)."""
     from rrpo.evaluate import RerankerSpec
 
-    specs = [RerankerSpec.none(top_n=3), RerankerSpec.oracle()]
+    specs = [RerankerSpec.none(top_n=3)]
     if base_model is not None:
         specs.append(RerankerSpec("base:top3", base_model, top_n=3))
+    specs += [RerankerSpec(f"sft:top{k}", sft, top_n=k) for k in range(1, 6)]
     specs += [
-        RerankerSpec("sft:top3", sft, top_n=3),
-        RerankerSpec("sft:top5", sft, top_n=5),
+        RerankerSpec("sft:dynamic", sft, top_n=5, min_k=1, dynamic_k=True),
         RerankerSpec("rrpo:top3", rrpo, top_n=3),
         RerankerSpec("rrpo:dynamic", rrpo, top_n=5, min_k=1, dynamic_k=True),
+        RerankerSpec.oracle(),
     ]
     return specs
 
@@ -159,7 +195,15 @@ def check_targets(report) -> list[str]:
         return ["targets: rows missing, not checked"]
     sft, dyn, top3 = report.row("sft:top3"), report.row("rrpo:dynamic"), report.row("rrpo:top3")
     oracle, none = report.row("oracle"), report.row("none")
-    lines = []
+    # Issue 17 item 4: more gold-answer log-lik than SFT top-3 with <= 75% of its words and no F1 lost.
+    _, ll_lo, ll_hi = dyn.diffs.get("loglik", (float("nan"),) * 3)
+    lines = [
+        _verdict(dyn["loglik"] > sft["loglik"], f"RRPO dynamic log-lik {dyn['loglik']:.3f} > SFT top3 {sft['loglik']:.3f} "
+                 f"(paired 95% interval of the difference [{ll_lo:+.3f}, {ll_hi:+.3f}])"),
+        _verdict(dyn["words"] <= 0.75 * sft["words"], f"RRPO dynamic words {dyn['words']:.0f} <= 75% of SFT top3's {sft['words']:.0f} "
+                 f"({dyn['words'] / sft['words']:.0%})"),
+        _verdict(dyn["f1"] >= sft["f1"], f"RRPO dynamic F1 {100 * dyn['f1']:.1f} >= SFT top3 {100 * sft['f1']:.1f}"),
+    ]
     for metric in ("f1", "loglik"):
         gap = oracle[metric] - sft[metric]
         closed = (dyn[metric] - sft[metric]) / gap if gap else float("nan")
@@ -187,28 +231,73 @@ def machine() -> str:
     return f"{platform.node() or 'host'}, {platform.processor() or platform.machine()}, {gpu}, torch {torch.__version__}"
 
 
-def run_dataset(split: Split, args, size: Size, reader) -> str:
-    from rrpo import Reranker
+EVAL_CHUNK = 8  # questions per shared reader call in the evaluation (and the step of a timed one)
+
+
+def timed_evaluation(dev: list, specs, reader, args, finish: float | None):
+    """The evaluation; with a time budget (``finish``, a time.time()) the first dev
+    questions, EVAL_CHUNK at a time, until the next chunk would end past ``finish``
+    (at least one chunk): the questions are chosen by time alone, never by their
+    results. The chunks' answers are in the reader's cache, so the report over all the
+    chunks taken costs no reader call again; its reader-call counts are the chunks'."""
     from rrpo.evaluate import evaluate
 
+    if finish is None:
+        return evaluate(dev, specs, reader, max_words=args.max_words, baseline=BASELINE,
+                        n_bootstrap=args.bootstrap, seed=0, batch_size=EVAL_CHUNK)
+    taken, calls, hits, longest = 0, {}, {}, 0.0
+    while taken < len(dev) and (taken == 0 or time.time() + longest < finish):
+        begin = time.time()
+        part = evaluate(dev[taken: taken + EVAL_CHUNK], specs, reader, max_words=args.max_words,
+                        n_bootstrap=1, progress=False, batch_size=EVAL_CHUNK)
+        for row in part.rows:
+            calls[row.name] = calls.get(row.name, 0) + row.reader_calls
+            hits[row.name] = hits.get(row.name, 0) + row.cache_hits
+        taken += len(part.question_ids)
+        longest = max(longest, time.time() - begin)
+        print(f"evaluation: {taken} dev questions in, {time.time() - begin:.0f} s for the last {EVAL_CHUNK}", flush=True)
+    report = evaluate(dev[:taken], specs, reader, max_words=args.max_words, baseline=BASELINE,
+                      n_bootstrap=args.bootstrap, seed=0, batch_size=EVAL_CHUNK)
+    for row in report.rows:
+        row.reader_calls, row.cache_hits = calls[row.name], hits[row.name]
+    return report
+
+
+def run_dataset(split: Split, args, size: Size, reader) -> str:
+    from rrpo import Reranker
+
     out = Path(args.out) / split.name
+    minutes = getattr(args, "minutes", None)
+    finish = getattr(args, "started", time.time()) + 60 * minutes if minutes else None
     times = {}
     start = time.perf_counter()
-    sft = train_sft(args.base, split.train, size, args.device, out / "sft")
+    sft_from = getattr(args, "sft_from", None)
+    if sft_from:  # an earlier run's SFT checkpoint (same --sft-train), to save its training time
+        sft = Reranker.from_pretrained(sft_from, device=args.device)
+        sft_dir = Path(sft_from)
+    else:
+        sft = train_sft(args.base, split.train, size, args.device, out / "sft")
+        sft_dir = out / "sft" / "model"
     times["sft_train_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    rrpo = train_rrpo(args.base, reader, split.train, size, args.device, out / "rrpo", args.max_words)
-    times["rrpo_train_s"] = time.perf_counter() - start
     base_model = Reranker.from_pretrained(args.base, device=args.device) if size.with_base_row else None
+    # With a time budget RRPO gets (1 - eval_share) of what is left after SFT and the
+    # evaluation the rest; the evaluation then takes the dev questions that fit.
+    rrpo_deadline = None
+    if finish is not None:
+        rrpo_deadline = time.time() + (1 - getattr(args, "eval_share", 0.45)) * max(0.0, finish - time.time())
     start = time.perf_counter()
-    report = evaluate(
-        split.dev, build_specs(sft, rrpo, base_model), reader,
-        max_words=args.max_words, baseline=BASELINE, n_bootstrap=args.bootstrap, seed=0,
-    )
+    rrpo, rrpo_steps = train_rrpo(sft_dir, reader, split.train, size, args.device, out / "rrpo",
+                                  args.max_words, rrpo_deadline)
+    times["rrpo_train_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = timed_evaluation(split.dev, build_specs(sft, rrpo, base_model), reader, args, finish)
+    dev = split.dev[: len(report.question_ids)]
     times["eval_s"] = time.perf_counter() - start
     report.info.update(
         dataset=split.description, size=args.size, n_train=len(split.train),
-        sft_train=size.sft_train, rrpo_train=size.rrpo_train, base=args.base, **times,
+        sft_train=size.sft_train, rrpo_train=size.rrpo_train, rrpo_steps_planned=size.rrpo_steps,
+        rrpo_steps_run=rrpo_steps, queries_per_step=size.queries_per_step, n_eval=len(dev),
+        eval_planned=size.eval, base=args.base, sft_from=sft_from, **times,
     )
     report.to_json(out / "eval.json")
     report.plot(out / "eval.png")
@@ -216,7 +305,15 @@ def run_dataset(split: Split, args, size: Size, reader) -> str:
     targets = "\n".join(check_targets(report))
     (out / "eval.md").write_text(table + "\n" + targets + "\n", encoding="utf-8")
     timing = ", ".join(f"{k} {v:.0f}" for k, v in times.items())
-    return f"## {split.name}\n\n{split.description}\n\n{table}\nTargets:\n\n{targets}\n\nTimes (s): {timing}\n"
+    reused = f" (the checkpoint `{sft_from}` of an earlier run with these SFT settings)" if sft_from else ""
+    ran = (f"SFT on {min(len(split.train), size.sft_train or len(split.train))} train questions x {size.sft_epochs} epoch(s){reused}; "
+           f"RRPO from the SFT checkpoint: {rrpo_steps} of {size.rrpo_steps} planned steps x {size.queries_per_step} "
+           f"queries ({rrpo_steps * size.queries_per_step} query visits) over {min(len(split.train), size.rrpo_train or len(split.train))} "
+           f"train questions; evaluation on the first {len(dev)} dev questions (planned {size.eval or len(split.dev)}).")
+    curves = (f"Curves: SFT `{out / 'sft' / 'curves.png'}`, RRPO `{out / 'rrpo' / 'curves.png'}` "
+              f"(metrics in `{out / 'rrpo' / 'metrics.jsonl'}`), evaluation `{out / 'eval.png'}`.")
+    return (f"## {split.name}\n\n{split.description}\n\n{ran}\n\n{table}\nTargets:\n\n{targets}\n\n"
+            f"Times (s): {timing}\n\n{curves}\n")
 
 
 def parse_args(argv=None):
@@ -235,16 +332,32 @@ def parse_args(argv=None):
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluation questions (overrides --size)")
     parser.add_argument("--sft-train", type=int, default=None, help="SFT training questions (overrides --size)")
     parser.add_argument("--rrpo-steps", type=int, default=None, help="RRPO steps (overrides --size)")
+    parser.add_argument("--queries-per-step", type=int, default=None, help="RRPO queries per step (overrides --size)")
     parser.add_argument("--results", default=None, help="append the tables to this RESULTS.md (benchmarks/RESULTS.md)")
     parser.add_argument("--notes", default="", help="notes to record with --results (e.g. machine load)")
+    parser.add_argument("--sft-from", default=None,
+                        help="use this SFT checkpoint (an earlier run's OUT/<dataset>/sft/model) instead of training one")
+    parser.add_argument("--eval-share", type=float, default=0.45,
+                        help="with --minutes: the share of the time left after SFT that the evaluation gets")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time budget for the whole run: RRPO stops early and the evaluation takes the "
+                             "first dev questions that fit (chosen by measured time, never by results)")
     return parser.parse_args(argv)
 
 
 def budget(args) -> Size:
     """The --size preset with any command-line overrides applied."""
     size = SIZES[args.size]
-    overrides = {"eval": args.eval_limit, "sft_train": args.sft_train, "rrpo_steps": args.rrpo_steps}
+    overrides = {"eval": args.eval_limit, "sft_train": args.sft_train, "rrpo_steps": args.rrpo_steps,
+                 "queries_per_step": args.queries_per_step}
     return dataclasses.replace(size, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - no load average on this platform
+        return "n/a"
 
 
 def main(argv=None) -> int:
@@ -252,8 +365,10 @@ def main(argv=None) -> int:
     from rrpo.readers import CachedReader, get_reader
 
     args = parse_args(argv)
+    args.started = time.time()
+    args.load_start = _load()
     size = budget(args)
-    dataset = args.dataset or ("hotpotqa" if args.size == "small" else "both")
+    dataset = args.dataset or ("hotpotqa" if args.size in ("small", "cpu") else "both")
     data_dir = Path(args.data_dir) if args.data_dir else shared_data_dir()
     # One cache for training and evaluation: the same prompt is never asked twice.
     reader = CachedReader(get_reader(args.reader, device=args.device))
@@ -277,8 +392,10 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _results import append_results, command_line
 
+        load = "Load average (1/5/15 min) at start {} and at end {}; wall time {:.0f} min.".format(
+            args.load_start, _load(), (time.time() - args.started) / 60)
         append_results(args.results, f"Quality ({args.size}): {', '.join(names)}", command_line(argv),
-                       "\n".join(sections[1:]), args.notes)
+                       "\n".join(sections[1:]), f"{args.notes} {load}".strip())
     return 0
 
 

@@ -1,6 +1,6 @@
 """Speed of the rrpo reranker against sentence-transformers, on realistic pairs.
 
-Three measurements, one run, the same model weights and the same inputs for both sides:
+Four measurements, one run, the same model weights and the same inputs for both sides:
 
 1. Scoring throughput: pairs/s of ``Reranker.score_pairs`` (under
    ``torch.inference_mode``) against sentence-transformers ``CrossEncoder.predict``
@@ -12,9 +12,15 @@ Three measurements, one run, the same model weights and the same inputs for both
    and a warm one (the same passages again, as in training and repeated queries).
 2. Rerank latency per query for 20 and 100 candidates: ``Reranker.rerank`` (scores +
    the STOP head's dynamic k) against ``CrossEncoder.rank``; p50/p95 in ms.
-3. RRPO training throughput: training queries/s of ``rrpo.train.RRPOTrainer`` (G=4,
+3. Ranking quality of the faster backends (``--backends int8,bf16``): gold
+   recall@3 and nDCG@10 on ``--quality-queries`` HotpotQA dev questions for the main
+   reranker and each backend, and how often a backend keeps the main ranking (top-3,
+   top-1, Spearman) and the STOP head's k. Only meaningful on a trained reranker
+   (``benchmarks/sft_reranker.py``); int8 and bf16 also get rows in 1 and 2.
+4. RRPO training throughput: training queries/s of ``rrpo.train.RRPOTrainer`` (G=4,
    max_k=5) with a scripted reader that costs nothing, so it measures the trainer and
-   the reranker, not the LLM (the reader's own throughput is ``benchmarks/readers.py``).
+   the reranker, not the LLM (the reader's own throughput is ``benchmarks/readers.py``;
+   with the real reader, ``benchmarks/train_speed.py``).
 
 Inputs are built from real HotpotQA dev text, deterministic by ``--seed``: queries are
 dev questions of 6-16 words; passages are 40-220 words (uniform), cut from consecutive
@@ -26,6 +32,7 @@ command, machine and date. Examples::
     python benchmarks/speed.py                                  # best device; CPU: ~5 min on 2 cores
     python benchmarks/speed.py --device cuda --results benchmarks/RESULTS.md
     python benchmarks/speed.py --model /path/to/cross-encoder --pairs 1000 --queries 20
+    python benchmarks/speed.py --model runs/sft-minilm-hotpot/model --backends int8,bf16 --no-training
 """
 
 from __future__ import annotations
@@ -267,20 +274,23 @@ class Row:
     memory: Measured
 
 
-def scoring_throughput(args: argparse.Namespace, reranker: Reranker, peers: dict[str, Any], workload: Workload) -> str:
+def scoring_throughput(args: argparse.Namespace, rerankers: dict[str, "Variant"], peers: dict[str, Any], workload: Workload) -> str:
     queries, lists = workload.groups(args.pairs, per_query=args.group)
     pairs = flat_pairs(queries, lists)
     # Warm-up on other passages: first-call costs (allocations, kernel choice) are not
     # throughput. A CPU needs one small batch; a GPU sees a few full-size shapes.
     warm_size = 2 * args.batch_size if args.device.startswith("cuda") else 16
     warm_q, warm_l = workload.groups(min(warm_size, args.pairs), per_query=args.group)
-    rrpo_scores(reranker, warm_q, warm_l, args.batch_size)
     rows: list[Row] = []
-    dtype = _dtype_name(next(reranker.scorer.parameters()).dtype)
-    cold = measure(args.device, lambda: rrpo_scores(reranker, queries, lists, args.batch_size))
-    rows.append(Row("rrpo `Reranker.score_pairs`, cold document cache", args.batch_size, dtype, len(pairs) / cold.seconds, cold))
-    warm = measure(args.device, lambda: rrpo_scores(reranker, queries, lists, args.batch_size))
-    rows.append(Row("rrpo `Reranker.score_pairs`, warm document cache", args.batch_size, dtype, len(pairs) / warm.seconds, warm))
+    for label, variant in rerankers.items():  # every variant scores the very same pairs, each cold first
+        model = variant.model
+        rrpo_scores(model, warm_q, warm_l, args.batch_size)
+        cold = measure(args.device, lambda model=model: rrpo_scores(model, queries, lists, args.batch_size))
+        rows.append(Row(f"rrpo `Reranker.score_pairs`{label}, cold document cache", args.batch_size, variant.dtype,
+                        len(pairs) / cold.seconds, cold))  # fmt: skip
+        warm = measure(args.device, lambda model=model: rrpo_scores(model, queries, lists, args.batch_size))
+        rows.append(Row(f"rrpo `Reranker.score_pairs`{label}, warm document cache", args.batch_size, variant.dtype,
+                        len(pairs) / warm.seconds, warm))  # fmt: skip
     for label, peer in peers.items():
         peer_scores(peer, flat_pairs(warm_q, warm_l), batch_size=args.batch_size)  # warm-up
         for batch in PEER_BATCH_SIZES:
@@ -312,30 +322,92 @@ def per_query_seconds(calls: list[Callable[[], Any]], desc: str) -> list[float]:
     return out
 
 
-def rerank_latency(args: argparse.Namespace, reranker: Reranker, peer: Any, workload: Workload) -> str:
+def rerank_latency(args: argparse.Namespace, rerankers: dict[str, "Variant"], peer: Any, workload: Workload) -> str:
     header = ["candidates", "ranker", "p50 ms", "p95 ms", "vs peer (p50)"]
     body = []
     for n in args.candidates:
         queries, lists = workload.groups(n * (args.queries + 1), per_query=n)
-        # A short warm-up query each, not timed (the throughput phase already warmed both).
-        reranker.rerank(queries[0], lists[0][:8])
+        timed: list[tuple[str, list[float]]] = []
+        for label, variant in rerankers.items():
+            model = variant.model
+            model.rerank(queries[0], lists[0][:8])  # a short warm-up query, not timed
+            times = per_query_seconds(
+                [lambda q=q, c=c, m=model: m.rerank(q, c) for q, c in zip(queries[1:], lists[1:])], f"rrpo{label} rerank {n}"
+            )
+            timed.append((f"rrpo `Reranker.rerank`{label} (dynamic k)", times))
         peer.rank(queries[0], [c.text for c in lists[0][:8]], batch_size=args.batch_size)
-        ours = per_query_seconds(
-            [lambda q=q, c=c: reranker.rerank(q, c) for q, c in zip(queries[1:], lists[1:])], f"rrpo rerank {n}"
-        )
         theirs = per_query_seconds(
             [lambda q=q, c=c: peer.rank(q, [x.text for x in c], batch_size=args.batch_size)
              for q, c in zip(queries[1:], lists[1:])],
             f"peer rank {n}",
         )  # fmt: skip
         peer_p50 = percentile(theirs, 50)
-        for name, times in (("rrpo `Reranker.rerank` (dynamic k)", ours), ("sentence-transformers `CrossEncoder.rank`", theirs)):
+        for name, times in (*timed, ("sentence-transformers `CrossEncoder.rank`", theirs)):
             p50 = percentile(times, 50)
             body.append([str(n), name, f"{1000 * p50:,.1f}", f"{1000 * percentile(times, 95):,.1f}", f"{peer_p50 / p50:.2f}x"])
     return markdown_table(header, body)
 
 
-# --------------------------------------------------------------------------- 3. training
+# --------------------------------------------------------------------------- variants
+@dataclass
+class Variant:
+    """One way rrpo runs the same weights: the default (``--dtype``), int8, bf16."""
+
+    model: Reranker
+    dtype: str  # for the tables
+
+
+def load_variants(args: argparse.Namespace, directory: Path, main: Reranker) -> dict[str, Variant]:
+    """The main reranker (label "") plus each of ``--backends`` from the saved directory."""
+    variants = {"": Variant(main, _dtype_name(next(main.scorer.parameters()).dtype))}
+    for name in args.backends:
+        if name == "int8":
+            model = Reranker.from_pretrained(directory, backend="int8", max_length=args.max_length, scoring="cross_encoder")
+        else:  # "bf16": the existing dtype option, on this device
+            model = Reranker.from_pretrained(directory, device=args.device, dtype="bfloat16", max_length=args.max_length,
+                                             scoring="cross_encoder")  # fmt: skip
+        model.settings.batch_size = args.batch_size
+        variants[f" {name}"] = Variant(model, name)
+    return variants
+
+
+# --------------------------------------------------------------------------- 3. ranking quality
+def ranking_quality(args: argparse.Namespace, variants: dict[str, Variant]) -> str:
+    """Gold recall@3 and nDCG@10 on HotpotQA dev, and how often each variant keeps the
+    main (fp32 on CPU) reranker's ranking and k: what int8 must not lose."""
+    from rrpo.evaluate import gold_recall, ndcg_at_k
+
+    examples = [ex for ex in load_examples(args.data, limit=args.quality_queries) if ex.gold and any(ex.gold)]
+    picked = {label: [v.model.rerank(ex.query, ex.candidates, top_n=args.quality_top_n) for ex in examples]
+              for label, v in variants.items()}  # fmt: skip
+    ref = picked[""]
+    header = ["rrpo", "dtype", "gold recall@3", "nDCG@10", "Δ recall@3", "Δ nDCG@10", "top-3 set = main",
+              "top-3 order = main", "top-1 = main", "mean Spearman", "k = main", "mean k"]  # fmt: skip
+    body = []
+    base = None
+    for label, sels in picked.items():
+        recall = 100 * statistics.fmean(gold_recall(s.order[:3], ex.gold) for s, ex in zip(sels, examples))
+        ndcg = 100 * statistics.fmean(ndcg_at_k(s.order, ex.gold, 10) for s, ex in zip(sels, examples))
+        base = base or (recall, ndcg)
+        n = len(examples)
+        body.append([
+            label.strip() or "main", variants[label].dtype, f"{recall:.1f}", f"{ndcg:.1f}",
+            f"{recall - base[0]:+.1f}", f"{ndcg - base[1]:+.1f}",
+            f"{sum(set(s.order[:3]) == set(r.order[:3]) for s, r in zip(sels, ref))}/{n}",
+            f"{sum(s.order[:3] == r.order[:3] for s, r in zip(sels, ref))}/{n}",
+            f"{sum(s.order[0] == r.order[0] for s, r in zip(sels, ref))}/{n}",
+            f"{statistics.fmean(_spearman(s.scores, r.scores) for s, r in zip(sels, ref)):.4f}",
+            f"{sum(s.k == r.k for s, r in zip(sels, ref))}/{n}", f"{statistics.fmean(s.k for s in sels):.2f}",
+        ])  # fmt: skip
+    return markdown_table(header, body)
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ranks = [torch.argsort(torch.argsort(torch.tensor(x))).float() for x in (a, b)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])
+
+
+# --------------------------------------------------------------------------- 4. training
 class ScriptedReader:
     """A reader that costs nothing, so the benchmark times the trainer, not an LLM.
 
@@ -357,7 +429,8 @@ def training_throughput(args: argparse.Namespace, examples: list[Example]) -> st
 
     from rrpo.train import RRPOConfig, RRPOTrainer
 
-    policy = Reranker.from_pretrained(args.model, device=args.device, max_length=args.max_length)
+    # scoring="cross_encoder": this benchmark times the cross-encoder (a plain encoder gets a fresh head)
+    policy = Reranker.from_pretrained(args.model, device=args.device, max_length=args.max_length, scoring="cross_encoder")
     with tempfile.TemporaryDirectory(prefix="rrpo-speed-train-") as out_dir:
         config = RRPOConfig(
             reward="gold_loglik", group_size=4, max_k=5, queries_per_step=args.train_queries,
@@ -402,6 +475,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=None, help="timed RRPO steps (default: 10 on CUDA, 2 on CPU)")
     p.add_argument("--train-queries", type=int, default=None, help="training queries per RRPO step (default: 8 on CUDA, 2 on CPU)")
     p.add_argument("--no-training", action="store_true", help="skip the training-throughput section")
+    p.add_argument("--backends", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="more rrpo rows on the same weights, comma-separated: int8 (backend='int8', CPU), "
+                        "bf16 (dtype) (default: none)")
+    p.add_argument("--quality-queries", type=int, default=300,
+                   help="HotpotQA dev questions for the ranking-quality check of the backends (0: skip; default 300). "
+                        "Meaningful on a trained reranker only (benchmarks/sft_reranker.py)")
+    p.add_argument("--quality-top-n", type=int, default=None, help="top_n of the quality check's rerank (default: the model's)")
     p.add_argument("--data", type=Path, default=None, help=f"shared-schema JSONL the pairs are cut from (default: shared {DEFAULT_DATA})")
     p.add_argument("--train-data", type=Path, default=None, help=f"training questions (default: shared {DEFAULT_TRAIN_DATA})")
     p.add_argument("--seed", type=int, default=0)
@@ -425,6 +505,10 @@ def _fill_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     for name in ("pairs", "queries", "group", "batch_size", "max_length", "train_steps", "train_queries"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args.backends = args.backends or []
+    unknown = set(args.backends) - {"int8", "bf16"}
+    if unknown or ("int8" in args.backends and cuda):
+        parser.error(f"--backends: int8 (CPU only) and bf16 are known, got {args.backends} on {args.device}")
     if not args.candidates or min(args.candidates) < 1:
         parser.error(f"--candidates must be positive integers, got {args.candidates}")
     return args
@@ -453,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     workload = load_workload(args.data, args.seed)
-    reranker = Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length)
+    # A cross-encoder benchmark: the peer is sentence-transformers' CrossEncoder on the same weights.
+    reranker = Reranker.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, scoring="cross_encoder"
+    )
     reranker.settings.batch_size = args.batch_size  # what rerank() batches by, like the peer's rank()
     dtype = next(reranker.scorer.parameters()).dtype
     sections: list[tuple[str, str]] = []
@@ -470,14 +557,18 @@ def main(argv: list[str] | None = None) -> int:
         peers = {"": peer32}
         if dtype != torch.float32:  # give the peer rrpo's dtype too, so it is not handicapped by fp32
             peers.update(_peer_in(dtype, directory, args, workload))
+        variants = load_variants(args, directory, reranker)
         load_before = _load_average()
-        report(f"Scoring throughput: {args.pairs} pairs", scoring_throughput(args, reranker, peers, workload))
+        report(f"Scoring throughput: {args.pairs} pairs", scoring_throughput(args, variants, peers, workload))
         latency_peer = peers[list(peers)[-1]]  # in rrpo's dtype when it could run that way
-        report(f"Rerank latency: {args.queries} queries", rerank_latency(args, reranker, latency_peer, workload))
+        report(f"Rerank latency: {args.queries} queries", rerank_latency(args, variants, latency_peer, workload))
+        if len(variants) > 1 and args.quality_queries:
+            report(f"Ranking quality of the backends: {args.quality_queries} HotpotQA dev questions",
+                   ranking_quality(args, variants))  # fmt: skip
     if not args.no_training:
         examples = load_examples(args.train_data, limit=args.train_queries * (args.train_steps + 1))
         report("RRPO training throughput", training_throughput(args, examples))
-    notes = _notes(args, check, load_before)
+    notes = _notes(args, check, load_before, trained=not reranker.fresh_parameters)
     print("\n" + notes)
     if args.results:
         tables = "\n\n".join(f"### {title}\n\n{table}" for title, table in sections)
@@ -486,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _notes(args: argparse.Namespace, check: str, load_before: str) -> str:
+def _notes(args: argparse.Namespace, check: str, load_before: str, trained: bool = True) -> str:
     lines = [
         f"- data: queries and passages cut from `{args.data.name}` (questions of {QUERY_WORDS[0]}-{QUERY_WORDS[1]} "
         f"words; passages of {PASSAGE_WORDS[0]}-{PASSAGE_WORDS[1]} words from consecutive passages; seed {args.seed}); "
@@ -502,6 +593,16 @@ def _notes(args: argparse.Namespace, check: str, load_before: str) -> str:
         "(see `benchmarks/readers.py`).",
         f"- load average (1/5/15 min) at the start of timing: {load_before}; at the end: {_load_average()}.",
     ]
+    if args.backends:
+        lines.append(
+            f"- backends: `int8` is `Reranker.from_pretrained(dir, backend=\"int8\")` (rrpo.quantize: int8 Linear "
+            "layers, per-channel weights, pooler/classifier and STOP head in fp32); `bf16` is `dtype=\"bfloat16\"`. "
+            "The quality check reranks each dev question on its own (`Reranker.rerank`, 10 passages, dynamic k) "
+            "and compares with the main row: top-3 set/order, top-1, Spearman of the scores, greedy k."
+        )
+        if not trained:
+            lines.append("- WARNING: the model has a fresh scoring head: its scores are near-equal and the quality "
+                         "check says nothing; pass a trained reranker (benchmarks/sft_reranker.py).")  # fmt: skip
     if args.notes:
         lines.append(f"- {args.notes}")
     return "\n".join(lines)

@@ -381,6 +381,48 @@ class LazyReranker:
 
         return select(run, query, candidates, options)
 
+    def select_logged(self, reranker: Any, query: str, candidates: list[Candidate], options: RerankOptions,
+                      exploration: Any = None, batch_wait_ms: float | None = None,
+                      max_batch_queries: int = 16) -> tuple[Selection, Any]:
+        """:meth:`select`, plus how the selection was chosen (an
+        :class:`rrpo.offpolicy.Propensity`, None for a reranker that is not rrpo's).
+        Exploring, or logging the policy's own log-prob, needs the scores: such a query
+        skips the micro-batcher; a greedy micro-batched one logs ``mu = 1`` only."""
+        from .offpolicy import Exploration, greedy_propensity, logged_rerank
+
+        exploration = exploration or Exploration()
+        if not _is_rrpo_reranker(reranker):
+            return self.select(reranker, query, candidates, options, batch_wait_ms, max_batch_queries), None
+        if batch_wait_ms is not None and not exploration.active:
+            selection = self.select(reranker, query, candidates, options, batch_wait_ms, max_batch_queries)
+            return selection, greedy_propensity(selection, options, len(candidates))
+        found: list[Any] = []
+
+        def run(q: str, c: list[Candidate], o: RerankOptions) -> Selection:
+            selection, propensity = logged_rerank(
+                reranker, q, c, top_n=o.top_n, min_k=min(o.min_k, len(c)), dynamic_k=o.dynamic_k,
+                exploration=exploration, randomness=self._randomness_for(exploration), batch_size=o.batch_size,
+            )  # fmt: skip
+            found.append(propensity)
+            return selection
+
+        selection = select(run, query, candidates, options)
+        propensity = found[0]
+        propensity.version = reranker_version(reranker)
+        return selection, propensity
+
+    def _randomness_for(self, exploration: Any) -> Any:
+        """One coin and generator per adapter and seed (a seeded adapter replays its traffic)."""
+        from .offpolicy import ExplorationRandomness
+
+        if not exploration.active:
+            return None
+        with self._lock:
+            current = getattr(self, "_randomness", None)
+            if current is None or current[0] != exploration.seed:
+                current = self._randomness = (exploration.seed, ExplorationRandomness(exploration.seed))
+        return current[1]
+
     def _batcher_for(self, reranker: Any, wait_ms: float, max_queries: int) -> Any:
         from .microbatch import MicroBatcher
 

@@ -191,6 +191,36 @@ def _choose(spec: RerankerSpec, example: Example) -> _Choice:
     return _Choice(order=list(selection.order), kept=list(selection.kept), latency_ms=latency)
 
 
+def _choose_all(specs: Sequence[RerankerSpec], examples: list[Example]) -> dict[str, list[_Choice]]:
+    """Every spec's choice for every example. Specs that share one reranker (top-1..5 and
+    dynamic k of one model) score each query once: the scores do not depend on k, only
+    the greedy selection does; each gets that one scoring's latency."""
+    import torch
+
+    choices: dict[str, list[_Choice]] = {s.name: [] for s in specs}
+    groups: dict[int, list[RerankerSpec]] = {}
+    for spec in specs:
+        shared = spec.reranker is not None and all(
+            hasattr(spec.reranker, a) for a in ("score_pairs", "_check", "_greedy")
+        )
+        if shared:
+            groups.setdefault(id(spec.reranker), []).append(spec)
+    for ex in examples:
+        for spec in specs:
+            if spec.reranker is None or id(spec.reranker) not in groups:
+                choices[spec.name].append(_choose(spec, ex))
+        for group in groups.values():
+            model = group[0].reranker
+            start = time.perf_counter()
+            with torch.inference_mode():
+                scored = model.score_pairs([ex.query], [model._check(ex.query, ex.candidates)])[0]
+                selections = [model._greedy(scored, s.top_n, s.min_k, s.dynamic_k) for s in group]
+            latency = (time.perf_counter() - start) * 1000.0
+            for spec, sel in zip(group, selections):
+                choices[spec.name].append(_Choice(order=list(sel.order), kept=list(sel.kept), latency_ms=latency))
+    return choices
+
+
 # -------------------------------------------------------------- report ---
 
 
@@ -401,11 +431,13 @@ def _answer_scores(prediction: str, golds: list[str]) -> tuple[float | None, flo
 
 
 def _evaluate_batch(
-    spec: RerankerSpec, batch: list[Example], reader: Any, max_words: int
+    spec: RerankerSpec, batch: list[Example], reader: Any, max_words: int,
+    choices: list[_Choice] | None = None,
 ) -> tuple[dict[str, list[float | None]], list[str]]:
     from .prompts import build_prompt, context_words
 
-    choices = [_choose(spec, ex) for ex in batch]
+    if choices is None:
+        choices = [_choose(spec, ex) for ex in batch]
     kept_lists: list[list[Candidate]] = [
         [ex.candidates[i] for i in choice.kept] for ex, choice in zip(batch, choices)
     ]
@@ -436,7 +468,11 @@ def _evaluate_spec(
     max_words: int,
     batch_size: int,
     progress: bool,
+    choices: list[_Choice] | None = None,
+    calls: int | None = None,
 ) -> EvalRow:
+    """One row. ``choices`` (per example) and ``calls`` (the reader calls the row
+    needed) come from :func:`_prefetch` when the rows' questions were asked together."""
     from tqdm.auto import tqdm
 
     calls_before, hits_before = _counter(reader, "calls"), _counter(reader, "hits")
@@ -445,7 +481,8 @@ def _evaluate_spec(
     with tqdm(total=len(examples), desc=f"eval {spec.name}", disable=not progress, leave=False) as bar:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            values, preds = _evaluate_batch(spec, batch, reader, max_words)
+            chosen = None if choices is None else choices[start : start + batch_size]
+            values, preds = _evaluate_batch(spec, batch, reader, max_words, chosen)
             for metric in METRICS:
                 per_question[metric].extend(values[metric])
             predictions.extend(preds)
@@ -459,7 +496,7 @@ def _evaluate_spec(
         n=len(examples),
         means={m: _mean(per_question[m]) for m in METRICS},
         k_distribution=dict(sorted(k_distribution.items())),
-        reader_calls=_counter(reader, "calls") - calls_before,
+        reader_calls=_counter(reader, "calls") - calls_before if calls is None else calls,
         cache_hits=_counter(reader, "hits") - hits_before,
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
@@ -472,6 +509,51 @@ def _evaluate_spec(
             "reranker": getattr(spec.reranker, "name_or_path", None),
         },
     )
+
+
+def _prefetch(
+    specs: Sequence[RerankerSpec],
+    examples: list[Example],
+    reader: Any,
+    max_words: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, list[_Choice]], dict[str, int]]:
+    """Every row's selections, and the reader's answers and gold log-liks for all rows'
+    prompts of ``batch_size`` questions in one call each (into the cache), so a reader
+    that shares prompt prefixes computes the passages common to several rows once (top-1
+    .. top-5 and dynamic k of one ranking are prefixes of each other). Returns the
+    choices per row and the reader calls each row would have made on its own, in row
+    order (what a row-by-row evaluation counts)."""
+    from tqdm.auto import tqdm
+
+    from .cache import GENERATE, LOGLIK, cache_key
+    from .prompts import build_prompt
+
+    choices = _choose_all(specs, examples)
+    calls = {s.name: 0 for s in specs}
+    identity = reader.identity
+    with tqdm(total=len(examples), desc="eval (all rows)", disable=not progress, leave=False) as bar:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            prompts: list[str] = []
+            answers: list[list[str]] = []
+            seen: set[str] = set()
+            for spec in specs:
+                chosen = choices[spec.name][start : start + batch_size]
+                mine = [build_prompt(ex.query, [ex.candidates[i] for i in c.kept], max_words) for ex, c in zip(batch, chosen)]
+                keys = [cache_key(identity, GENERATE, p) for p in mine]
+                keys += [cache_key(identity, LOGLIK, p, g) for p, ex in zip(mine, batch) for g in ex.answers]
+                found = reader.cache.get_many(keys)
+                fresh = {k for k in keys if k not in found and k not in seen}
+                calls[spec.name] += len(fresh)
+                seen |= fresh
+                prompts += mine
+                answers += [list(ex.answers) for ex in batch]
+            reader.generate(prompts)
+            _best_logliks(reader, prompts, answers)
+            bar.update(len(batch))
+    return choices, calls
 
 
 def _check_specs(specs: Sequence[RerankerSpec], examples: Sequence[Example], baseline: str | None) -> None:
@@ -502,6 +584,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 16,
+    share_prompts: bool = True,
 ) -> EvalReport:
     """Evaluate each spec on the same examples with the same reader.
 
@@ -509,13 +592,23 @@ def evaluate(
     (unless it is one) so identical prompts (e.g. the oracle and a reranker keeping the
     same passages) cost one call, and ``reader_calls`` counts calls that reached it.
     ``baseline`` names the spec the others are compared against (paired bootstrap).
+    ``share_prompts`` asks the reader about all rows' prompts of ``batch_size`` questions
+    at once (the same numbers; a prefix-sharing reader computes the passages the rows
+    have in common once); ``False`` asks row by row.
     """
     examples = list(examples)
     if not examples:
         raise ValueError("evaluate needs at least one example")
     _check_specs(specs, examples, baseline)
     reader = _cached(reader)
-    rows = [_evaluate_spec(s, examples, reader, max_words, batch_size, progress) for s in specs]
+    if share_prompts:
+        choices, calls = _prefetch(specs, examples, reader, max_words, batch_size, progress)
+        rows = [
+            _evaluate_spec(s, examples, reader, max_words, batch_size, progress, choices[s.name], calls[s.name])
+            for s in specs
+        ]
+    else:
+        rows = [_evaluate_spec(s, examples, reader, max_words, batch_size, progress) for s in specs]
     if baseline is not None:
         base = next(r for r in rows if r.name == baseline)
         for row in rows:

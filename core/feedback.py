@@ -1,109 +1,73 @@
-"""The feedback store: every query a live pipeline answered, kept in a local SQLite file.
+"""The feedback store: every query a live pipeline answered, kept for training.
 
 Adapters (``llama_index_rrpo.FeedbackCollector``, ``langchain_rrpo.FeedbackCallbackHandler``)
 add one :class:`~rrpo.FeedbackRecord` per query; users rate records later; training reads
-them back (``store.records(rated_only=True)`` → ``record.to_example()``).
+them back (``store.iter_records(rated_only=True)`` → ``record.to_example()``).
 
-Why SQLite, and how it stays safe:
+Two backends behind one class, chosen by what you pass:
 
-* WAL journal: readers never block the writer, and a process killed mid-write leaves
-  the database at its last committed transaction (the half-written one is discarded on
-  the next open). Every ``add`` is one INSERT, i.e. one transaction, so a crash loses at
-  most the record being written.
-* ``synchronous=NORMAL`` (the WAL default recommendation): a committed record survives
-  any process crash; only a power cut may roll back the last few commits, and never
-  corrupts the file. Pass ``synchronous="FULL"`` to also survive power loss.
-* A small pool of connections (``max_connections``, default 4) that every thread
-  borrows from for one operation and gives back, and a ``busy_timeout``: many threads
-  and several processes can write at once (SQLite serialises the writers), and a server
-  with a thread per request holds a bounded number of file descriptors, not two per
-  thread that ever wrote.
-* ``PRAGMA user_version`` holds the schema version; ``_MIGRATIONS`` upgrades old files.
+* a file path (the default): an embedded SQLite file, :mod:`rrpo.feedback_sqlite` (WAL,
+  pooled connections, mode 0600) — one machine, any number of threads and processes;
+* a ``postgresql://`` URL: a shared PostgreSQL server, :mod:`rrpo.feedback_postgres`
+  (psycopg 3 pool, retries across a server restart, the password kept out of every
+  message) — a fleet of replicas on many machines, one store. A rating may arrive at any
+  replica: ``rate(record_id)`` finds the record whichever replica wrote it.
+
+What both guarantee, and this module implements once:
+
+* The same schema version (``SCHEMA_VERSION``) and migrations step for step.
 * Only parameterised SQL. Candidates and metadata are stored as JSON text.
 * Nothing that looks like a credential is stored (:mod:`rrpo.redact`): metadata keys
   that name one (``api_key``, ``token``, ``OPENAI_KEY`` ...) are dropped and values that
   look like one (``sk-...``, ``Bearer ...``, ``AKIA...``, ``password=...``) are replaced by
   ``[REDACTED]``, in the query, passages, answer, comment and metadata, before a record
-  is written and again when one is exported. A new file is created readable by its
-  owner only (mode 0600; SQLite gives its ``-wal``/``-shm`` files the same mode).
+  is written and again when one is exported.
 * NaN and infinite numbers are written as JSON ``null`` (never the non-standard ``NaN``).
+* Every ``add`` is one transaction; a record is all there or not there.
+* Reads stream: :meth:`FeedbackStore.iter_records` pages through the records in order
+  (keyset pagination, a bounded page per round trip), filtered in SQL by time window,
+  reranker version and rating, so training and export never load the whole store.
+* ``background=True`` moves writes off the request path (:mod:`rrpo.feedback_writer`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import sqlite3
-import threading
+import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
+from .feedback_schema import (
+    COLUMNS,
+    SCHEMA_VERSION,
+    FeedbackStoreBusyError,
+    FeedbackStoreUnavailableError,
+    NotAFeedbackStoreError,
+    SchemaVersionError,
+    StoreNotFoundError,
+    UnknownRecordError,
+)
+from .feedback_postgres import is_postgres_url
+from .feedback_sqlite import create_private
 from .redact import redact
 from .types import Candidate, FeedbackRecord
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "SCHEMA_VERSION", "FeedbackStore", "FeedbackStoreBusyError", "FeedbackStoreUnavailableError",
+    "NotAFeedbackStoreError", "SchemaVersionError", "StoreNotFoundError", "UnknownRecordError",
+    "is_postgres_url", "load_jsonl", "parse_time", "record_from_dict", "record_to_dict",
+]  # fmt: skip
 
 # Columns a caller may change after a record was added (see FeedbackStore.update).
 _UPDATABLE = ("answer", "latency_ms", "kept_ids", "kept_scores", "k", "reranker", "metadata")
 _JSON_COLUMNS = {"kept_ids", "kept_scores", "metadata"}
-
-_COLUMNS = (
-    "id, created_at, query, candidates, kept_ids, kept_scores, k, answer, "
-    "latency_ms, reranker, rating, comment, metadata"
-)
-
-
-class UnknownRecordError(KeyError):
-    """A record id that is not in the store."""
-
-    def __init__(self, record_id: str, path: str | Path | None = None) -> None:
-        where = f" in {path}" if path is not None else ""
-        super().__init__(f"no feedback record with id {record_id!r}{where}")
-        self.record_id = record_id
-
-    def __str__(self) -> str:  # KeyError's default str() would repr() the message
-        return str(self.args[0])
-
-
-class SchemaVersionError(RuntimeError):
-    """The file was written by a newer rrpo whose schema this version cannot read."""
-
-
-class NotAFeedbackStoreError(ValueError):
-    """The file exists but is not an rrpo feedback store (not SQLite, or another app's)."""
-
-
-def _create_v1(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS records (
-            id TEXT PRIMARY KEY,
-            created_at REAL NOT NULL,
-            query TEXT NOT NULL,
-            candidates TEXT NOT NULL,
-            kept_ids TEXT NOT NULL,
-            kept_scores TEXT NOT NULL,
-            k INTEGER,
-            answer TEXT,
-            latency_ms REAL,
-            reranker TEXT,
-            rating REAL,
-            comment TEXT,
-            rated_at REAL,
-            metadata TEXT NOT NULL
-        )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS records_created ON records (created_at)")
-
-
-# _MIGRATIONS[v] upgrades a database at version v - 1 to version v. Add the next
-# schema change as _MIGRATIONS[2] and bump SCHEMA_VERSION; old files upgrade on open.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
-
+_N_COLUMNS = len(COLUMNS.split(","))
 
 strip_secrets = redact  # the old name: keys and values are both checked now
+_create_private = create_private  # the old private name, for code that imported it
 
 
 def _finite(value: Any) -> Any:
@@ -133,8 +97,10 @@ def _clean_number(value: Any) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _check_record(record: FeedbackRecord) -> None:
-    """Clear errors for what SQLite would only call a constraint failure."""
+def _check_record(record: Any) -> None:
+    """Clear errors for what the database would only call a constraint failure."""
+    if not isinstance(record, FeedbackRecord):
+        raise TypeError(f"add() takes an rrpo.FeedbackRecord, got {type(record).__name__}")
     if not isinstance(record.query, str):
         raise TypeError(f"feedback record {record.id!r}: query must be a str, got {type(record.query).__name__}")
     for i, candidate in enumerate(record.candidates):
@@ -145,34 +111,100 @@ def _check_record(record: FeedbackRecord) -> None:
             )
 
 
-def _integrity_error(record: FeedbackRecord, err: sqlite3.IntegrityError, path: Path) -> ValueError:
-    """Say which constraint failed: a duplicate id is only one of them."""
-    message = str(err)
-    if "UNIQUE" in message and "records.id" in message:
-        return ValueError(f"feedback record id {record.id!r} is already in {path}")
-    return ValueError(f"feedback record {record.id!r} was not stored in {path}: {message}")
+def _record_row(record: FeedbackRecord) -> tuple[Any, ...]:
+    """The record as the row both backends store (in ``COLUMNS`` order), redacted."""
+    return (
+        str(record.id),
+        float(record.created_at),
+        redact(record.query),
+        _to_json([_clean_candidate(c) for c in record.candidates]),
+        _to_json([str(i) for i in record.kept_ids]),
+        _to_json([_clean_number(s) for s in record.kept_scores]),
+        record.k,
+        redact(record.answer),
+        _clean_number(record.latency_ms),
+        record.reranker,
+        _clean_number(record.rating),
+        redact(record.comment),
+        _to_json(redact(dict(record.metadata))),
+    )
 
 
-def _create_private(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 unless it exists (SQLite then gives its
-    journal files the same mode). O_EXCL: never change someone else's file."""
+# -- filters -----------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(value: str | float | datetime, now: float | None = None) -> float:
+    """A point in time as Unix seconds, from what a person types on a command line:
+    ``1767225600`` (Unix seconds), ``2026-12-01`` / ``2026-12-01T08:00`` (ISO 8601, UTC
+    unless it names a zone), or ``90m`` / ``24h`` / ``7d`` / ``2w`` (that long ago)."""
+    if isinstance(value, datetime):
+        return _utc(value).timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    duration = _DURATION.match(text)
+    if duration:
+        ago = float(duration.group(1)) * _SECONDS[duration.group(2).lower()]
+        return (time.time() if now is None else now) - ago
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return _utc(datetime.fromisoformat(text.replace("Z", "+00:00"))).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"not a time: {value!r} (give Unix seconds, an ISO date such as 2026-12-01T08:00, or 24h / 7d ago)"
+        ) from None
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _filters(since: Any, until: Any, reranker: str | Sequence[str] | None,
+             rated_only: bool) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and their parameters. ``reranker``: exact versions, or a prefix
+    ending in ``*`` (``minilm-l6@*`` = any weights of that model)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if rated_only:
+        clauses.append("rating IS NOT NULL")
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(parse_time(since))
+    if until is not None:
+        clauses.append("created_at < ?")
+        params.append(parse_time(until))
+    versions = [reranker] if isinstance(reranker, str) else list(reranker or [])
+    if versions:
+        tests = []
+        for version in versions:
+            if version.endswith("*"):
+                tests.append("reranker LIKE ? ESCAPE '\\'")
+                params.append(re.sub(r"([\\%_])", r"\\\1", version[:-1]) + "%")
+            else:
+                tests.append("reranker = ?")
+                params.append(version)
+        clauses.append("(" + " OR ".join(tests) + ")")
+    return clauses, params
+
+
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 
 class FeedbackStore:
-    """Feedback records in one SQLite file (created on first use).
+    """Feedback records in an SQLite file (created on first use) or on a PostgreSQL
+    server (``postgresql://...``: the tables are created on first use).
 
-    >>> store = FeedbackStore("feedback.db")
+    >>> store = FeedbackStore("feedback.db")          # or "postgresql://app@db/rag"
     >>> rid = store.add(record)
-    >>> store.rate(rid, 1.0, comment="right answer")
+    >>> store.rate(rid, 1.0, comment="right answer")  # from any replica
+    >>> for record in store.iter_records(since="7d", rated_only=True): ...
     >>> ds = store.export()        # a datasets.Dataset
     """
 
@@ -184,91 +216,46 @@ class FeedbackStore:
         timeout: float = 30.0,
         synchronous: str = "NORMAL",
         max_connections: int = 4,
+        retry_timeout: float = 10.0,
+        background: bool = False,
+        queue_size: int = 10_000,
     ) -> None:
-        """``create=False``: the file must exist (``FileNotFoundError`` otherwise).
-        ``max_connections``: how many SQLite connections the threads share."""
-        self.path = Path(path).expanduser()
-        if not create and not self.path.is_file():
-            raise FileNotFoundError(f"feedback store not found: {self.path}")
-        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        """``path``: an SQLite file, or a ``postgresql://user@host:port/db`` URL (the
+        password is best left to ``PGPASSWORD`` or ``~/.pgpass``).
+
+        ``create=False``: the store must exist (:class:`StoreNotFoundError`, a
+        FileNotFoundError, otherwise). ``timeout``: seconds to wait for a lock (SQLite)
+        or a free pooled connection (PostgreSQL). ``max_connections``: the connections
+        the threads share. ``synchronous``: SQLite's durability pragma. ``retry_timeout``:
+        how long PostgreSQL operations are retried across a lost connection.
+        ``background=True``: ``add()`` queues and returns; a thread writes (at most
+        ``queue_size`` queued), ``close()`` drains."""
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _create_private(self.path)
-        self._timeout = float(timeout)
-        self._synchronous = synchronous.upper()
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._idle: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._closed = False
-        try:
-            with self._conn() as conn:
-                self._migrate(conn)
-        except sqlite3.DatabaseError as err:  # "file is not a database", a torn header...
-            self.close()
-            raise NotAFeedbackStoreError(f"{self.path} is not a feedback store: {err}") from err
-        except BaseException:
-            self.close()
-            raise
+        self._backend = _open_backend(path, create=create, timeout=timeout, synchronous=synchronous,
+                                      max_connections=max_connections, retry_timeout=retry_timeout)
+        self.path: Path | None = self._backend.path  # None for a server
+        self.location: str = self._backend.location  # the path, or the URL without password
+        self._writer = None
+        self._read_wait = float(timeout) + float(retry_timeout)
+        if background:
+            from .feedback_writer import BackgroundWriter
 
-    # -- connections -----------------------------------------------------------------
+            self._writer = BackgroundWriter(self._backend, _record_row, queue_size=queue_size, timeout=timeout)
 
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        """Borrow a connection for one operation. At most ``max_connections`` exist at
-        once (threads wait for a free one); idle ones are kept for the next caller, so a
-        thread that ends leaves nothing open behind."""
-        if self._closed:
-            raise RuntimeError(f"feedback store {self.path} is closed")
-        self._slots.acquire()
-        try:
-            with self._connections_lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                conn = self._connect()
-            try:
-                yield conn
-            finally:
-                with self._connections_lock:
-                    if self._closed:
-                        conn.close()
-                    else:
-                        self._idle.append(conn)
-        finally:
-            self._slots.release()
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run one statement on a borrowed connection and return its rows."""
-        with self._conn() as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def _changes(self, sql: str, params: tuple[Any, ...]) -> int:
-        """Run one write and return how many rows it changed."""
-        with self._conn() as conn:
-            return conn.execute(sql, params).rowcount
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit, so a lone INSERT/UPDATE is its own
-        # transaction and multi-statement work uses an explicit BEGIN IMMEDIATE.
-        # check_same_thread=False: a pooled connection serves one thread at a time,
-        # but not always the same thread.
-        conn = sqlite3.connect(
-            str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return conn
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._backend.kind
 
     def close(self) -> None:
-        """Close the connections (one in use closes when its operation ends). The store
-        cannot be used afterwards."""
-        with self._connections_lock:
-            for conn in self._idle:
-                conn.close()
-            self._idle.clear()
-            self._closed = True
+        """Write what is queued (``background=True``), then close the connections (one in
+        use closes when its operation ends). The store cannot be used afterwards."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._backend.close()
 
     def __enter__(self) -> "FeedbackStore":
         return self
@@ -277,69 +264,24 @@ class FeedbackStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"FeedbackStore({str(self.path)!r})"
-
-    # -- schema ----------------------------------------------------------------------
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the file to SCHEMA_VERSION. Runs under a write lock so two processes
-        opening a new file at once do not both create the schema."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version == 0 and _foreign_tables(conn):
-            raise NotAFeedbackStoreError(
-                f"{self.path} is not a feedback store: an SQLite database of another "
-                "application (tables but no rrpo schema); give a new file or an rrpo store"
-            )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.path} has feedback schema version {version}; this rrpo reads "
-                    f"up to {SCHEMA_VERSION}. Upgrade rrpo."
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                _MIGRATIONS[target](conn)
-                # PRAGMA takes no parameters; target is an int from our own table.
-                conn.execute(f"PRAGMA user_version = {int(target)}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return f"FeedbackStore({self.location!r})"
 
     @property
     def schema_version(self) -> int:
-        return int(self._execute("PRAGMA user_version")[0][0])
+        return self._backend.schema_version()
 
     # -- writing ---------------------------------------------------------------------
 
     def add(self, record: FeedbackRecord) -> str:
-        """Store ``record`` (one transaction) and return its id."""
-        if not isinstance(record, FeedbackRecord):
-            raise TypeError(f"add() takes an rrpo.FeedbackRecord, got {type(record).__name__}")
+        """Store ``record`` (one transaction) and return its id. With
+        ``background=True`` the record is checked now and written shortly after; do
+        not change it after ``add``."""
         _check_record(record)
-        row = (
-            str(record.id),
-            float(record.created_at),
-            redact(record.query),
-            _to_json([_clean_candidate(c) for c in record.candidates]),
-            _to_json([str(i) for i in record.kept_ids]),
-            _to_json([_clean_number(s) for s in record.kept_scores]),
-            record.k,
-            redact(record.answer),
-            _clean_number(record.latency_ms),
-            record.reranker,
-            _clean_number(record.rating),
-            redact(record.comment),
-            _to_json(redact(dict(record.metadata))),
-        )
-        try:
-            with self._conn() as conn:
-                conn.execute(f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
-        except sqlite3.IntegrityError as err:
-            raise _integrity_error(record, err, self.path) from err
+        if self._writer is not None:
+            self._writer.add(record)
+            return str(record.id)
+        if not self._backend.insert(_record_row(record)):
+            raise ValueError(f"feedback record id {record.id!r} is already in {self.location}")
         return str(record.id)
 
     def add_many(self, records: Iterable[FeedbackRecord]) -> list[str]:
@@ -347,16 +289,18 @@ class FeedbackStore:
         return [self.add(record) for record in records]
 
     def rate(self, record_id: str, score: float, comment: str | None = None) -> None:
-        """Attach a user rating (any finite number; [0, 1] or 1-5 are common) to a record."""
+        """Attach a user rating (any finite number; [0, 1] or 1-5 are common) to a record
+        (written by this process or by any other replica of the same store)."""
         score = float(score)
         if not math.isfinite(score):
             raise ValueError(f"rating for record {record_id!r} must be finite, got {score}")
-        changed = self._changes(
-            "UPDATE records SET rating = ?, comment = ?, rated_at = ? WHERE id = ?",
+        self._written(record_id)
+        changed = self._backend.changes(
+            self._sql("UPDATE {table} SET rating = ?, comment = ?, rated_at = ? WHERE id = ?"),
             (score, redact(comment), time.time(), str(record_id)),
         )
         if changed == 0:
-            raise UnknownRecordError(str(record_id), self.path)
+            raise UnknownRecordError(str(record_id), self.location)
 
     def update(self, record_id: str, **fields: Any) -> None:
         """Change fields of a stored record, e.g. the answer of a streamed response once
@@ -370,9 +314,14 @@ class FeedbackStore:
         names = [name for name in _UPDATABLE if name in fields]  # fixed order, known names
         values = [self._column_value(name, fields[name]) for name in names]
         assignments = ", ".join(f"{name} = ?" for name in names)
-        changed = self._changes(f"UPDATE records SET {assignments} WHERE id = ?", (*values, str(record_id)))
-        if changed == 0:
-            raise UnknownRecordError(str(record_id), self.path)
+        sql = self._sql("UPDATE {table} SET " + assignments + " WHERE id = ?")
+        params = (*values, str(record_id))
+        if self._writer is not None and self._writer.is_pending(str(record_id)):
+            # Queued behind its own add: the update stays off the request path too.
+            self._writer.update(str(record_id), sql, params)
+            return
+        if self._backend.changes(sql, params) == 0:
+            raise UnknownRecordError(str(record_id), self.location)
 
     @staticmethod
     def _column_value(name: str, value: Any) -> Any:
@@ -386,110 +335,199 @@ class FeedbackStore:
             return _clean_number(value)
         return value
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued so far is written (``background=True``; a
+        no-op otherwise). False if ``timeout`` passed first."""
+        return True if self._writer is None else self._writer.wait_for(None, timeout)
+
+    @property
+    def write_errors(self) -> int:
+        """Records a background writer could not store (logged on ``rrpo.feedback``)."""
+        return 0 if self._writer is None else self._writer.errors
+
+    def _written(self, record_id: str | None = None) -> None:
+        """Read what we wrote: wait for a queued record (or all) before reading. Bounded:
+        with the database away the read goes ahead and fails (or retries) on its own."""
+        if self._writer is not None:
+            self._writer.wait_for(None if record_id is None else str(record_id), timeout=self._read_wait)
+
+    def _sql(self, template: str) -> str:
+        return self._backend.sql(template)
+
     # -- reading ---------------------------------------------------------------------
 
     def get(self, record_id: str) -> FeedbackRecord:
-        rows = self._execute(f"SELECT {_COLUMNS} FROM records WHERE id = ?", (str(record_id),))
+        self._written(record_id)
+        rows = self._backend.execute(self._sql("SELECT " + COLUMNS + " FROM {table} WHERE id = ?"), (str(record_id),))
         if not rows:
-            raise UnknownRecordError(str(record_id), self.path)
+            raise UnknownRecordError(str(record_id), self.location)
         return _row_to_record(rows[0])
 
     def __contains__(self, record_id: object) -> bool:
-        return bool(self._execute("SELECT 1 FROM records WHERE id = ?", (str(record_id),)))
+        self._written(str(record_id))
+        return bool(self._backend.execute(self._sql("SELECT 1 FROM {table} WHERE id = ?"), (str(record_id),)))
 
-    def records(self, limit: int | None = None, rated_only: bool = False) -> list[FeedbackRecord]:
-        """Records, oldest first; ``limit`` keeps the newest ``limit`` of them."""
-        where = "WHERE rating IS NOT NULL" if rated_only else ""
-        sql = f"SELECT {_COLUMNS} FROM records {where} ORDER BY created_at, rowid"
-        params: tuple[Any, ...] = ()
-        if limit is not None:
-            if int(limit) < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
-            sql = (
-                f"SELECT * FROM (SELECT {_COLUMNS}, rowid AS r FROM records {where} "
-                "ORDER BY created_at DESC, rowid DESC LIMIT ?) ORDER BY created_at, r"
-            )
-            params = (int(limit),)
-        return [_row_to_record(row[:13]) for row in self._execute(sql, params)]
+    def records(self, limit: int | None = None, rated_only: bool = False, **filters: Any) -> list[FeedbackRecord]:
+        """Records, oldest first; ``limit`` keeps the newest ``limit`` of them. Filters
+        as :meth:`iter_records`. Prefer ``iter_records`` for a big store."""
+        return list(self.iter_records(limit=limit, rated_only=rated_only, **filters))
+
+    def iter_records(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        reranker: str | Sequence[str] | None = None,
+        rated_only: bool = False,
+        limit: int | None = None,
+        batch_size: int = 500,
+    ) -> Iterator[FeedbackRecord]:
+        """Stream records, oldest first, ``batch_size`` per round trip: memory stays at
+        one page whatever the size of the store.
+
+        ``since`` / ``until``: a time window, ``since <= created_at < until`` (Unix
+        seconds, a datetime, an ISO string, or ``"7d"`` ago: :func:`parse_time`).
+        ``reranker``: the version(s) that served the query, exact or a ``prefix*``.
+        ``rated_only``: only records with a rating. ``limit``: the newest ``limit``
+        matching records (still oldest first). Records added while the iteration runs
+        appear if they sort after the current page."""
+        if limit is not None and int(limit) < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._written()
+        clauses, params = _filters(since, until, reranker, rated_only)
+        if limit is not None and int(limit) == 0:
+            return
+        start = self._newest_start(clauses, params, int(limit)) if limit is not None else None
+        left = None if limit is None else int(limit)
+        while left is None or left > 0:
+            page = self._page(clauses, params, start, batch_size if left is None else min(batch_size, left))
+            for row in page:
+                yield _row_to_record(row[:_N_COLUMNS])
+            if left is not None:
+                left -= len(page)
+            if len(page) < batch_size:
+                return
+            start = (page[-1][1], page[-1][_N_COLUMNS], False)
+
+    def _page(self, clauses: list[str], params: list[Any], start: tuple | None, size: int) -> list[tuple]:
+        """One page in (created_at, seq) order after ``start`` (keyset pagination: each
+        page is an index range scan, however deep into the store it is)."""
+        clauses, params = list(clauses), list(params)
+        if start is not None:
+            created, seq, inclusive = start
+            clauses.append("(created_at, {seq}) " + (">=" if inclusive else ">") + " (?, ?)")
+            params += [created, seq]
+        sql = "SELECT " + COLUMNS + ", {seq} FROM {table}" + _where(clauses) + " ORDER BY created_at, {seq} LIMIT ?"
+        return self._backend.execute(self._sql(sql), (*params, size))
+
+    def _newest_start(self, clauses: list[str], params: list[Any], limit: int) -> tuple | None:
+        """Where the newest ``limit`` matching records begin (None: fewer than that)."""
+        sql = ("SELECT created_at, {seq} FROM {table}" + _where(clauses)
+               + " ORDER BY created_at DESC, {seq} DESC LIMIT 1 OFFSET ?")
+        rows = self._backend.execute(self._sql(sql), (*params, limit - 1))
+        return (rows[0][0], rows[0][1], True) if rows else None
+
+    def count(self, *, since: Any = None, until: Any = None, reranker: str | Sequence[str] | None = None,
+              rated_only: bool = False) -> int:
+        """How many records match the filters of :meth:`iter_records`."""
+        self._written()
+        clauses, params = _filters(since, until, reranker, rated_only)
+        return int(self._backend.execute(self._sql("SELECT COUNT(*) FROM {table}" + _where(clauses)), params)[0][0])
 
     def __len__(self) -> int:
-        return int(self._execute("SELECT COUNT(*) FROM records")[0][0])
+        return self.count()
 
     def stats(self) -> dict[str, Any]:
-        """Counts and means over the store (for ``rrpo feedback stats``)."""
-        count, rated, mean_rating, mean_k, mean_latency, first, last = self._execute(
-            "SELECT COUNT(*), COUNT(rating), AVG(rating), AVG(k), AVG(latency_ms), "
-            "MIN(created_at), MAX(created_at) FROM records"
-        )[0]
-        n_candidates = [
-            len(json.loads(text)) for (text,) in self._execute("SELECT candidates FROM records")
-        ]
-        rerankers = dict(
-            self._execute(
-                "SELECT COALESCE(reranker, 'unknown'), COUNT(*) FROM records GROUP BY reranker "
-                "ORDER BY COUNT(*) DESC"
-            )
-        )
+        """Counts and means over the store (for ``rrpo feedback stats``), computed by the
+        database: nothing but the numbers crosses the connection."""
+        self._written()
+        row = self._backend.execute(self._sql(
+            "SELECT COUNT(*), COUNT(rating), AVG(rating), AVG(CAST(k AS DOUBLE PRECISION)), AVG(latency_ms), "
+            "MIN(created_at), MAX(created_at), COUNT(answer), "
+            "AVG(CAST({n_candidates} AS DOUBLE PRECISION)) FROM {table}"
+        ))[0]
+        count, rated, mean_rating, mean_k, mean_latency, first, last, answered, mean_candidates = row
+        # Per reranker version: how a canary compares with the fleet it would replace.
+        rerankers = self._backend.execute(self._sql(
+            "SELECT COALESCE(reranker, 'unknown'), COUNT(*), COUNT(rating), AVG(rating), "
+            "AVG(CAST(k AS DOUBLE PRECISION)) FROM {table} GROUP BY reranker ORDER BY COUNT(*) DESC"
+        ))
         return {
-            "path": str(self.path),
+            "path": self.location,
+            "backend": self.backend,
             "schema_version": self.schema_version,
-            "count": count,
-            "rated": rated,
-            "answered": self._execute("SELECT COUNT(*) FROM records WHERE answer IS NOT NULL")[0][0],
+            "count": int(count),
+            "rated": int(rated),
+            "answered": int(answered),
             "mean_rating": mean_rating,
             "mean_k": mean_k,
-            "mean_candidates": _mean([float(n) for n in n_candidates]),
+            "mean_candidates": mean_candidates,
             "mean_latency_ms": mean_latency,
-            "rerankers": rerankers,
+            "rerankers": {name: int(n) for name, n, *_ in rerankers},
+            "by_reranker": {
+                name: {"count": int(n), "rated": int(n_rated), "mean_rating": rating, "mean_k": k}
+                for name, n, n_rated, rating, k in rerankers
+            },
             "first_created_at": first,
             "last_created_at": last,
         }
 
     def integrity_check(self) -> str:
-        """SQLite's own consistency check: ``"ok"`` for a healthy file."""
-        return str(self._execute("PRAGMA integrity_check")[0][0])
+        """``"ok"`` for a healthy store (SQLite's own check; on a server, the schema
+        version and unique ids)."""
+        self._written()
+        return self._backend.integrity_check()
 
-    # -- export ----------------------------------------------------------------------
+    # -- export (rrpo.feedback_export does the work) ---------------------------------
 
-    def export_jsonl(self, path: str | Path, rated_only: bool = False) -> int:
-        """Write one JSON object per record (the full record) and return how many. A new
-        file is readable by its owner only, like the store."""
-        path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        records = self.records(rated_only=rated_only)
-        _create_private(path)
-        with path.open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(_to_json(record_to_dict(record)) + "\n")
-        return len(records)
+    def export_jsonl(self, path: str | Path, rated_only: bool = False, **filters: Any) -> int:
+        """Write one JSON object per record (the full record, streamed) and return how
+        many. A new file is readable by its owner only, like the store."""
+        from .feedback_export import export_jsonl
 
-    def export(self, jsonl_path: str | Path | None = None, rated_only: bool = False):
+        return export_jsonl(self, path, rated_only=rated_only, **filters)
+
+    def export_parquet(self, path: str | Path, rated_only: bool = False, **filters: Any) -> int:
+        """Stream the records into a Parquet file (the columns of :meth:`export`, row
+        groups of a few thousand) and return how many."""
+        from .feedback_export import export_parquet
+
+        return export_parquet(self, path, rated_only=rated_only, **filters)
+
+    def export(self, jsonl_path: str | Path | None = None, rated_only: bool = False, **filters: Any):
         """The records as a ``datasets.Dataset`` (and, if ``jsonl_path`` is given, JSONL).
 
         Columns: id, created_at, query, candidates (list of {id, title, text, score,
         metadata}), kept_ids, kept_scores, k, answer, latency_ms, reranker, rating,
         comment, metadata. Free-form metadata is a JSON string so every row has the
-        same schema.
+        same schema. In memory: for a big store use :meth:`export_parquet` or
+        ``rrpo feedback export URL DIR``.
         """
-        try:
-            import datasets
-        except ImportError as err:
-            raise ImportError(
-                "FeedbackStore.export() needs the 'datasets' package: pip install 'rrpo[train]'"
-            ) from err
-        records = self.records(rated_only=rated_only)
+        from .feedback_export import export_dataset
+
         if jsonl_path is not None:
-            self.export_jsonl(jsonl_path, rated_only=rated_only)
-        columns = {name: [] for name in _dataset_features(datasets)}
-        for record in records:
-            for name, value in _record_to_row(record).items():
-                columns[name].append(value)
-        return datasets.Dataset.from_dict(columns, features=_dataset_features(datasets))
+            self.export_jsonl(jsonl_path, rated_only=rated_only, **filters)
+        return export_dataset(self, rated_only=rated_only, **filters)
+
+
+def _open_backend(path: str | Path, *, create: bool, timeout: float, synchronous: str,
+                  max_connections: int, retry_timeout: float) -> Any:
+    if is_postgres_url(path):
+        from .feedback_postgres import PostgresBackend
+
+        return PostgresBackend(str(path), create=create, timeout=timeout, max_connections=max_connections,
+                               retry_timeout=retry_timeout)
+    from .feedback_sqlite import SQLiteBackend
+
+    return SQLiteBackend(path, create=create, timeout=timeout, synchronous=synchronous,
+                         max_connections=max_connections)
 
 
 def record_to_dict(record: FeedbackRecord) -> dict[str, Any]:
     """A JSON-ready dict of the whole record (the JSONL export format): redacted again
-    (a file written by an older rrpo may hold what this one strips), NaN as None."""
+    (a store written by an older rrpo may hold what this one strips), NaN as None."""
     return _finite({
         "id": record.id,
         "created_at": record.created_at,
@@ -532,7 +570,7 @@ def load_jsonl(path: str | Path) -> list[FeedbackRecord]:
         return [record_from_dict(json.loads(line)) for line in handle if line.strip()]
 
 
-def _row_to_record(row: tuple[Any, ...]) -> FeedbackRecord:
+def _row_to_record(row: Sequence[Any]) -> FeedbackRecord:
     (rid, created, query, candidates, kept_ids, kept_scores, k, answer,
      latency, reranker, rating, comment, metadata) = row
     return FeedbackRecord(
@@ -549,56 +587,4 @@ def _row_to_record(row: tuple[Any, ...]) -> FeedbackRecord:
         rating=rating,
         comment=comment,
         metadata=json.loads(metadata),
-    )
-
-
-def _record_to_row(record: FeedbackRecord) -> dict[str, Any]:
-    row = record_to_dict(record)
-    row["candidates"] = [
-        {
-            "id": c["id"],
-            "title": c["title"],
-            "text": c["text"],
-            "score": c["score"],
-            "metadata": _to_json(c["metadata"]),
-        }
-        for c in row["candidates"]
-    ]
-    row["metadata"] = _to_json(row["metadata"])
-    return row
-
-
-def _foreign_tables(conn: sqlite3.Connection) -> bool:
-    """Whether an unversioned file already has tables (another app's database)."""
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return bool(rows) and "records" not in {name for (name,) in rows}
-
-
-def _dataset_features(datasets: Any) -> Any:
-    # datasets >= 4 spells a list feature ``List``; older versions ``Sequence``.
-    list_of = getattr(datasets, "List", None) or datasets.Sequence
-    value = datasets.Value
-    candidate = {
-        "id": value("string"),
-        "title": value("string"),
-        "text": value("string"),
-        "score": value("float64"),
-        "metadata": value("string"),
-    }
-    return datasets.Features(
-        {
-            "id": value("string"),
-            "created_at": value("float64"),
-            "query": value("string"),
-            "candidates": list_of(candidate),
-            "kept_ids": list_of(value("string")),
-            "kept_scores": list_of(value("float64")),
-            "k": value("int64"),
-            "answer": value("string"),
-            "latency_ms": value("float64"),
-            "reranker": value("string"),
-            "rating": value("float64"),
-            "comment": value("string"),
-            "metadata": value("string"),
-        }
     )

@@ -84,12 +84,13 @@ class FrozenLowerLayers:
         self.hits += len(keys) - len(missing)
         if not missing:
             return
-        index = torch.as_tensor(missing, device=inputs["input_ids"].device)
-        sub = {name: value[index] for name, value in inputs.items()}
+        # One pair at a time, unpadded: a pair's kept state must not depend on which batch
+        # (and so which padding) it first came in, or a resumed run would differ from an
+        # uninterrupted one in the last bits.
         with torch.no_grad(), self._only(self.layers[: self.split]):
-            states = self.base(**sub).last_hidden_state.float()
-        for j, i in enumerate(missing):
-            self._put(keys[i], states[j, : len(rows[i])].clone())
+            for i in missing:
+                one = {name: value[i : i + 1, : len(rows[i])] for name, value in inputs.items()}
+                self._put(keys[i], self.base(**one).last_hidden_state[0].float().clone())
 
     def _put(self, key: bytes, state: torch.Tensor) -> None:
         self._states[key] = state

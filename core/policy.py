@@ -1,9 +1,11 @@
-"""The reranker: a cross-encoder scorer plus a STOP head (dynamic k).
+"""The reranker: a scorer (cross-encoder or bi-encoder) plus a STOP head (dynamic k).
 
 ``Reranker`` is both the inference object users drop into their pipelines and the
-policy that RRPO trains. Scoring a query's candidates yields one score and one pooled
-hidden state per (query, passage) pair; greedy decoding, sampling and log-probabilities
-all work from those two tensors (see :mod:`rrpo.plackett_luce`).
+policy that RRPO trains. Scoring a query's candidates yields one score and one hidden
+state per (query, passage) pair; greedy decoding, sampling and log-probabilities
+all work from those two tensors (see :mod:`rrpo.plackett_luce`). A cross-encoder reads
+each pair jointly; a bi-encoder (:mod:`rrpo.bi_encoder`, the default for plain sentence
+embedding models) embeds query and passage apart - ``settings.scoring`` names which.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from . import bi_encoder
 from ._version import __version__
 from .models import best_device, resolve_reranker
 from .plackett_luce import StopHead, greedy_k, sample_picks, selection_limit, step_log_probs
@@ -55,6 +58,15 @@ class RerankerSettings:
     stop_init_k: float = 3.0  # a fresh relative STOP head starts with greedy k here
     # The k cap the model was trained with: rerank's default top_n (None: no cap).
     default_top_n: int | None = None
+    # "cross_encoder" (one forward per pair) or "bi_encoder" (rrpo.bi_encoder). Settings
+    # files without this key were saved by cross-encoders and load as one.
+    scoring: str = "cross_encoder"
+    # bi-encoder only: "query" trains the query tower, the passage tower stays frozen
+    # (its embeddings cached); "both" trains both towers.
+    bi_encoder_train: str = "query"
+    # bi-encoder only: use Candidate.metadata["embedding"] as the passage embedding (it
+    # must come from this model's passage tower, e.g. a vector store built with it).
+    use_candidate_embeddings: bool = False
     version: str = ""
     base_model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +81,7 @@ class Scored:
 
 
 class Reranker(nn.Module):
-    """Cross-encoder reranker whose STOP head decides how many candidates to keep."""
+    """Cross-encoder or bi-encoder reranker whose STOP head decides how many candidates to keep."""
 
     def __init__(
         self,
@@ -91,6 +103,9 @@ class Reranker(nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._accepts_token_types = "token_type_ids" in _forward_arg_names(scorer)
+        if bi_encoder.is_bi_encoder(scorer):
+            self.settings.scoring = "bi_encoder"
+            scorer.configure(tokenizer, self.pairs.max_length, self.settings)
         self.fresh_parameters: set[str] = set()  # names of freshly initialised parameters
         self.frozen_lower: Any = None  # a FrozenLowerLayers while only the top layers train
 
@@ -104,17 +119,30 @@ class Reranker(nn.Module):
         max_length: int | None = None,
         trust_remote_code: bool = False,
         seed: int = 0,
+        scoring: str | None = None,
+        backend: str = "torch",
     ) -> "Reranker":
-        """Load a cross-encoder (local dir, packaged alias like ``"minilm-l6"``, or hub id).
+        """Load a reranker (local dir, packaged alias like ``"minilm-l6"``, or hub id).
 
-        A plain encoder (e.g. all-MiniLM-L6-v2) gets a fresh one-logit head, initialised
-        from ``seed`` so the same call always gives the same model. Weights load as
-        safetensors only; remote code runs only when the caller opts in (``trust_remote_code``).
-        ``device=None`` picks CUDA when present; ``dtype=None`` means bf16 on CUDA, fp32
-        elsewhere.
+        ``scoring=None`` decides by the checkpoint: a directory rrpo saved reloads as
+        what it was; a ``*ForSequenceClassification`` checkpoint is a cross-encoder; a
+        plain encoder (e.g. all-MiniLM-L6-v2, sentence-embedding models) is a
+        bi-encoder (:mod:`rrpo.bi_encoder`), which ranks well before any training.
+        ``scoring="cross_encoder"`` on a plain encoder adds a fresh one-logit head,
+        initialised from ``seed`` so the same call always gives the same model.
+        Weights load as safetensors only; remote code runs only when the caller opts in
+        (``trust_remote_code``). ``device=None`` picks CUDA when present; ``dtype=None``
+        means bf16 on CUDA, fp32 elsewhere. ``backend="int8"``: int8 Linear layers for
+        fast CPU inference, same STOP head (:mod:`rrpo.quantize`); such a model is not trained.
         """
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
+        from .quantize import apply_backend, backend_device, check_backend
+
+        device = backend_device(check_backend(backend), device)  # a bad backend fails before loading
+
+        if scoring not in (None, "cross_encoder", "bi_encoder"):
+            raise ValueError(f"scoring must be None, 'cross_encoder' or 'bi_encoder', got {scoring!r}")
         resolved = resolve_reranker(name_or_path)
         path = resolved.path
         device = best_device(device)
@@ -122,25 +150,23 @@ class Reranker(nn.Module):
         settings = _read_settings(path) if resolved.is_local else None
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
-        kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
-        if not is_classifier:
-            kwargs["num_labels"] = 1
-            logger.info("%s is a plain encoder: adding a fresh one-logit head (seed %d)", path, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            scorer, loading = AutoModelForSequenceClassification.from_pretrained(
-                path, output_loading_info=True, **kwargs
-            )
+        mode = scoring or (settings.scoring if settings else None) or ("cross_encoder" if is_classifier else "bi_encoder")
+        if settings is not None and settings.scoring != mode:
+            # Another scoring than the one saved: its STOP head saw other hidden states.
+            logger.warning("%s was saved as a %s; loading it as a %s with fresh rrpo settings", path, settings.scoring, mode)
+            settings = None
+        if mode == "bi_encoder":
+            train_mode = settings.bi_encoder_train if settings else "query"
+            scorer, fresh = bi_encoder.load_bi_encoder(path, trust_remote_code, train_mode)
+        else:
+            scorer, fresh = _load_cross_encoder(path, is_classifier, trust_remote_code, seed)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        saved = settings is not None  # an rrpo directory, loaded as what it was saved as
         if settings is None:
-            settings = RerankerSettings(
-                pooling="first" if config.model_type in FIRST_TOKEN_MODEL_TYPES else "last",
-                version=resolved.alias or str(name_or_path),
-                base_model=resolved.alias or str(name_or_path),
-            )
+            settings = _fresh_settings(path, config, mode, resolved.alias or str(name_or_path))
         if max_length is not None:
             settings.max_length = max_length
-        if resolved.is_local and (Path(path) / STOP_HEAD_FILE).is_file():
+        if saved and (Path(path) / STOP_HEAD_FILE).is_file():
             stop_head = _load_stop_head(Path(path), scorer.config.hidden_size, settings)
         else:  # a fresh head, seeded like the fresh scoring head: same call, same model
             with torch.random.fork_rng(devices=[]):
@@ -149,10 +175,10 @@ class Reranker(nn.Module):
         model = cls(scorer, tokenizer, settings, stop_head, name_or_path=resolved.alias or str(name_or_path))
         # Weights the checkpoint did not have (a fresh scoring head): trainers give them
         # a larger learning rate, since a near-zero head leaves Plackett-Luce uniform.
-        model.fresh_parameters = {f"scorer.{name}" for name in loading.get("missing_keys", [])}
+        model.fresh_parameters = fresh
         model.scorer.to(dtype=torch_dtype)
         model.eval()
-        return model.to(device)
+        return apply_backend(model.to(device), backend)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save as a plain Hugging Face directory (safetensors) + rrpo's STOP head and settings."""
@@ -177,6 +203,9 @@ class Reranker(nn.Module):
         from .frozen_layers import FrozenLowerLayers, encoder_layers
 
         self.release_frozen_layers()
+        if bi_encoder.is_bi_encoder(self.scorer):  # its towers freeze their own lower layers
+            self.scorer.train_top_layers(n)
+            return
         if not n:
             return
         layers = encoder_layers(self.scorer)
@@ -186,6 +215,8 @@ class Reranker(nn.Module):
             self.frozen_lower = FrozenLowerLayers(self.scorer, n)
 
     def release_frozen_layers(self) -> None:
+        if bi_encoder.is_bi_encoder(self.scorer):
+            self.scorer.release_frozen_layers()
         if self.frozen_lower is not None:
             self.frozen_lower.release()
             self.frozen_lower = None
@@ -239,7 +270,7 @@ class Reranker(nn.Module):
             out = self.scorer(**inputs, output_hidden_states=True)
         last = out.hidden_states[-1]
         if self.settings.pooling == "first":
-            pooled = last[:, 0]
+            pooled = last[:, 0].clone()  # a copy: a view would keep the whole (B, L, H) state alive
         else:
             pooled = last[torch.arange(len(input_ids), device=device), mask_t.sum(1).to(device) - 1]
         return _logits_to_scores(out.logits), pooled
@@ -254,6 +285,8 @@ class Reranker(nn.Module):
         small and many short queries share one forward pass.
         """
         batch_size = batch_size or self.settings.batch_size
+        if bi_encoder.is_bi_encoder(self.scorer):
+            return self._score_bi_encoder(queries, candidate_lists, batch_size)
         pairs: list[tuple[int, int, list[int], list[int] | None]] = []
         for qi, (query, cands) in enumerate(zip(queries, candidate_lists)):
             keys = [(c.id, self._doc_text(c)) for c in cands]
@@ -279,6 +312,17 @@ class Reranker(nn.Module):
             index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
             out.append(Scored(all_scores[index], all_hidden[index]))
         return out
+
+    def _score_bi_encoder(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[Candidate]],
+                          batch_size: int) -> list[Scored]:  # fmt: skip
+        """Queries and passages embedded apart; passages keyed like the pair tokenizer's
+        cache, (id, text), with the vector store's embedding when a candidate has one."""
+        keys = [[(c.id, self._doc_text(c), c.metadata.get("embedding")) for c in cands] for cands in candidate_lists]
+        return [Scored(scores, hidden) for scores, hidden in self.scorer.score(queries, keys, batch_size)]
+
+    @property
+    def is_bi_encoder(self) -> bool:
+        return bi_encoder.is_bi_encoder(self.scorer)
 
     @torch.inference_mode()
     def score(self, query: str, candidates: Sequence[Candidate | str]) -> list[float]:
@@ -486,6 +530,33 @@ def _pick_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+def _load_cross_encoder(path: str, is_classifier: bool, trust_remote_code: bool, seed: int) -> tuple[nn.Module, set[str]]:
+    """A sequence classifier, with a fresh one-logit head (seeded) on a plain encoder;
+    and the names of the parameters the checkpoint did not have."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if not is_classifier:
+        kwargs["num_labels"] = 1
+        logger.info("%s is a plain encoder: adding a fresh one-logit head (seed %d)", path, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        scorer, loading = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
+    return scorer, {f"scorer.{name}" for name in loading.get("missing_keys", [])}
+
+
+def _fresh_settings(path: str, config: Any, mode: str, name: str) -> RerankerSettings:
+    """Settings for a checkpoint rrpo did not save: pooling and length from the model."""
+    settings = RerankerSettings(
+        pooling="first" if config.model_type in FIRST_TOKEN_MODEL_TYPES else "last",
+        version=name, base_model=name, scoring=mode,
+    )  # fmt: skip
+    if mode == "bi_encoder":  # sentence-transformers' own pooling and length, when it says
+        settings.pooling, length = bi_encoder.sentence_transformer_defaults(path)
+        settings.max_length = length or settings.max_length
+    return settings
+
+
 def _read_settings(path: str) -> RerankerSettings | None:
     file = Path(path) / SETTINGS_FILE
     if not file.is_file():
@@ -496,6 +567,7 @@ def _read_settings(path: str) -> RerankerSettings | None:
     if fmt != FORMAT_VERSION:
         raise ValueError(f"{file}: unsupported rrpo_format {fmt!r} (this rrpo reads {FORMAT_VERSION})")
     data.setdefault("stop_parametrization", "absolute")  # saved before the key existed
+    data.setdefault("scoring", "cross_encoder")  # saved before bi-encoders existed
     known = RerankerSettings.__dataclass_fields__
     return RerankerSettings(**{k: v for k, v in data.items() if k in known})
 

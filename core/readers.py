@@ -327,6 +327,8 @@ class LocalReader:
             return []
         budget = self.max_prompt_tokens
         rows = [self._fit(ids, budget) for ids in self._encode([self._chat_text(p) for p in prompts])]
+        if self._cache_arg:
+            return self._generate_shared(rows)
         answers: list[str] = [""] * len(rows)
         for batch in self._batches([len(r) for r in rows], "reader answers"):
             for i, text in zip(batch, self._generate_batch([rows[i] for i in batch])):
@@ -350,6 +352,72 @@ class LocalReader:
             )
         texts = self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
         return [first_line(t) for t in texts]
+
+    # -- generate with shared prefixes
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def _generate_shared(self, rows: list[list[int]]) -> list[str]:
+        """Greedy answers with one key/value cache walked in sorted order (as
+        :meth:`_loglik_shared`): each prompt runs only the tokens it does not share with
+        the prompt before it, and after decoding the cache is cropped back to the prompt,
+        so the next prompt reuses it. Prompts of nested prefixes (k = 1..5 of one ranking,
+        fixed and dynamic k of one reranker) cost about the longest one. Identical prompts
+        are answered once. Decoding stops at an end-of-sequence token, after
+        ``max_new_tokens``, or once a complete first line has been generated (nothing
+        after it reaches the answer): the same answers as the padded batches."""
+        answers: list[str] = [""] * len(rows)
+        eos = self._eos_ids()
+        cache, cached = None, []  # cached: the prompt token ids the cache holds
+        previous = None
+        order = sorted(range(len(rows)), key=lambda i: rows[i])
+        for i in self._progress(order, "reader answers"):
+            row = rows[i]
+            if previous is not None and row == rows[previous]:
+                answers[i] = answers[previous]
+                continue
+            # Keep at most len(row) - 1 tokens: the last prompt token's logits pick the first answer token.
+            cache, cached = self._reuse(cache, cached, row, 0)
+            answers[i] = self._decode_after(cache, len(cached), row, eos)
+            cached = list(row)
+            previous = i
+        return answers
+
+    def _decode_after(self, cache, start: int, row: list[int], eos: set[int]) -> str:
+        import torch
+
+        kwargs = {self._cache_arg: cache, "use_cache": True}
+        generated: list[int] = []
+        tail = row[start:]
+        position = start
+        with torch.inference_mode():
+            for _ in range(self.max_new_tokens):
+                ids = torch.tensor([tail], dtype=torch.long, device=self.device)
+                positions = torch.arange(position, position + len(tail), device=self.device).unsqueeze(0)
+                if self._keeps_logits:
+                    logits = self.model(input_ids=ids, position_ids=positions, logits_to_keep=1, **kwargs).logits
+                else:
+                    logits = self.model(input_ids=ids, position_ids=positions, **kwargs).logits[:, -1:]
+                position += len(tail)
+                token = int(logits[0, -1].argmax())
+                if token in eos:
+                    break
+                generated.append(token)
+                if len(generated) == self.max_new_tokens:
+                    break
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if "\n" in text.lstrip() and text.strip():  # a complete first line
+                    break
+                tail = [token]
+        # The decoded tokens leave the cache: it holds the prompt again, for the next row.
+        extra = cache.get_seq_length() - len(row)
+        if extra > 0:
+            cache.crop(-extra)
+        return first_line(self.tokenizer.decode(generated, skip_special_tokens=True))
 
     # -- loglik
 

@@ -50,6 +50,7 @@ from rrpo.adapter_support import (
     relevance,
     resolve_options,
 )
+from rrpo.offpolicy import PROPENSITY_KEY, Exploration
 
 from ._convert import document_ids, documents_to_candidates
 
@@ -85,6 +86,18 @@ class RRPORerank(BaseDocumentCompressor):
         "and rerank them in one forward pass (None = off).",
     )
     max_batch_queries: int = Field(default=16, description="A micro-batch starts at once when this many wait.")
+    log_propensity: bool = Field(
+        default=True,
+        description="Put how each selection was chosen (its log-probability, the reranker's "
+        "version) in the rerank event, for off-policy training from feedback.",
+    )
+    explore_epsilon: float = Field(
+        default=0.0,
+        description="Opt-in exploration: the chance of serving a sample of the reranker's policy "
+        "instead of its greedy selection (0 = always greedy).",
+    )
+    explore_temperature: float = Field(default=1.0, description="Temperature of the exploring samples.")
+    explore_seed: Optional[int] = Field(default=None, description="Seed of the exploration (None = fresh).")
 
     _holder: Any = PrivateAttr(default=None)
 
@@ -107,7 +120,12 @@ class RRPORerank(BaseDocumentCompressor):
     def _check_limits(self) -> "RRPORerank":
         check_adapter_limits(self.min_k, self.top_n, self.batch_size)
         check_batching(self.batch_wait_ms, self.max_batch_queries)
+        self.exploration  # noqa: B018 - bad exploration settings fail when built
         return self
+
+    @property
+    def exploration(self) -> Exploration:
+        return Exploration(self.explore_epsilon, self.explore_temperature, self.explore_seed)
 
     @property
     def reranker(self) -> Any:
@@ -134,9 +152,9 @@ class RRPORerank(BaseDocumentCompressor):
             resolved = self._options()
         if not documents:
             return []
-        selection = self._select(query, documents, resolved)
+        selection, propensity = self._select(query, documents, resolved)
         kept = self._kept_documents(documents, selection)
-        _dispatch(self._event_data(query, documents, selection), callbacks)
+        _dispatch(self._event_data(query, documents, selection, propensity), callbacks)
         return kept
 
     async def acompress_documents(
@@ -147,9 +165,9 @@ class RRPORerank(BaseDocumentCompressor):
         if not documents:
             return []
         # The forward pass is blocking torch work: a worker thread keeps the loop free.
-        selection = await asyncio.to_thread(self._select, query, documents, resolved)
+        selection, propensity = await asyncio.to_thread(self._select, query, documents, resolved)
         kept = self._kept_documents(documents, selection)
-        await _adispatch(self._event_data(query, documents, selection), callbacks)
+        await _adispatch(self._event_data(query, documents, selection, propensity), callbacks)
         return kept
 
     # -- steps -----------------------------------------------------------------------------
@@ -157,10 +175,17 @@ class RRPORerank(BaseDocumentCompressor):
     def _options(self) -> RerankOptions:
         return resolve_options(self._holder, RerankOptions.of(self))
 
-    def _select(self, query: str, documents: Sequence[Document], options: RerankOptions) -> Selection:
+    def _select(self, query: str, documents: Sequence[Document], options: RerankOptions) -> tuple[Selection, Any]:
+        """The selection, and how it was chosen (None when not logged)."""
         candidates = documents_to_candidates(documents)
-        return self._holder.select(
-            self.reranker, query, candidates, options, self.batch_wait_ms, self.max_batch_queries
+        exploration = self.exploration
+        if not (self.log_propensity or exploration.active):
+            selection = self._holder.select(
+                self.reranker, query, candidates, options, self.batch_wait_ms, self.max_batch_queries
+            )
+            return selection, None
+        return self._holder.select_logged(
+            self.reranker, query, candidates, options, exploration, self.batch_wait_ms, self.max_batch_queries
         )
 
     def _kept_documents(self, documents: Sequence[Document], selection: Selection) -> list[Document]:
@@ -174,9 +199,11 @@ class RRPORerank(BaseDocumentCompressor):
             kept.append(Document(page_content=doc.page_content, metadata=metadata, id=doc.id))
         return kept
 
-    def _event_data(self, query: str, documents: Sequence[Document], selection: Selection) -> dict[str, Any]:
+    def _event_data(self, query: str, documents: Sequence[Document], selection: Selection,
+                    propensity: Any = None) -> dict[str, Any]:
         ids = document_ids(documents)
         return {
+            PROPENSITY_KEY: None if propensity is None else propensity.to_dict(),
             "query": query,
             "candidate_ids": ids,
             "kept_ids": [ids[i] for i in selection.kept],

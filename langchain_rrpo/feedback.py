@@ -38,6 +38,7 @@ from langchain_core.messages import BaseMessage
 
 from rrpo import Candidate, FeedbackRecord
 from rrpo.feedback import FeedbackStore
+from rrpo.offpolicy import PROPENSITY_KEY
 
 from ._convert import document_ids, documents_to_candidates
 from .compressor import RERANK_EVENT
@@ -57,6 +58,7 @@ class _Retrieval:
     kept_scores: list[float] = field(default_factory=list)
     k: int | None = None
     reranker: str | None = None
+    propensity: dict | None = None  # how the reranker chose its selection (off-policy training)
     outer_docs: list[Document] | None = None  # the outermost retriever's result
 
 
@@ -203,7 +205,8 @@ class FeedbackCallbackHandler(BaseCallbackHandler):
             answer=answer,
             latency_ms=latency_ms,
             reranker=state.reranker,
-            metadata={**self.metadata, "source": "langchain", "root_run_id": str(root), "retrieval": index},
+            metadata={**self.metadata, "source": "langchain", "root_run_id": str(root), "retrieval": index,
+                      **({PROPENSITY_KEY: state.propensity} if state.propensity and state.kept_ids is not None else {})},
         )
 
     # -- LangChain callbacks -----------------------------------------------------------
@@ -290,6 +293,7 @@ class FeedbackCallbackHandler(BaseCallbackHandler):
             retrieval.kept_scores = [float(s) for s in data.get("kept_scores", [])]
             retrieval.k = int(data.get("k", len(retrieval.kept_ids)))
             retrieval.reranker = data.get("reranker") or data.get("model")
+            retrieval.propensity = data.get(PROPENSITY_KEY)
             if retrieval.query is None:
                 retrieval.query = data.get("query")
 

@@ -52,6 +52,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from rrpo import Candidate, FeedbackRecord
 from rrpo.feedback import FeedbackStore
+from rrpo.offpolicy import PROPENSITY_KEY
 
 from ._convert import node_ids, query_text, record_candidates
 
@@ -72,6 +73,7 @@ class _OpenQuery:
     kept_scores: list[float] = field(default_factory=list)
     k: int | None = None
     rerankers: list[Any] = field(default_factory=list)  # RRPORerank instances that ran
+    propensity: dict | None = None  # how the reranker chose its selection (off-policy training)
 
 
 @dataclass
@@ -216,6 +218,7 @@ class FeedbackCollector:
             query.kept_scores = [float(node.score or 0.0) for node in event.nodes]
             ks = {node.node.metadata.get("rrpo_k") for node in event.nodes}
             query.k = ks.pop() if len(ks) == 1 and None not in ks else len(event.nodes)
+            query.propensity = (event.tags or {}).get(PROPENSITY_KEY)
 
     def _on_query_end(self, event: QueryEndEvent) -> None:
         with self._lock:
@@ -241,6 +244,8 @@ class FeedbackCollector:
         metadata = {**self.metadata, "source": "llama_index"}
         if answer is None and isinstance(response, (StreamingResponse, AsyncStreamingResponse)):
             metadata["streaming"] = True
+        if query.propensity is not None and query.kept_ids is not None:
+            metadata[PROPENSITY_KEY] = query.propensity
         return FeedbackRecord(
             id=query.record_id,
             query=query.query,

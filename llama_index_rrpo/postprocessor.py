@@ -26,7 +26,7 @@ forward pass (opt-in). The adapter pickles as a recipe to reload the same weight
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ContextManager, Dict, List, Optional
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -36,6 +36,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from rrpo import Selection
+from rrpo.offpolicy import PROPENSITY_KEY, Exploration
 from rrpo.adapter_support import (
     LazyReranker,
     RerankOptions,
@@ -97,6 +98,22 @@ class RRPORerank(BaseNodePostprocessor):
     max_batch_queries: int = Field(
         default=16, description="A micro-batch starts at once when this many queries wait."
     )
+    log_propensity: bool = Field(
+        default=True,
+        description="Tell the feedback collector how each selection was chosen (its "
+        "log-probability and the reranker's version), for off-policy training.",
+    )
+    explore_epsilon: float = Field(
+        default=0.0,
+        description="Opt-in exploration: the chance of serving a sample of the reranker's "
+        "policy instead of its greedy selection (0 = always greedy).",
+    )
+    explore_temperature: float = Field(
+        default=1.0, description="Temperature of the exploring samples (>1 flatter)."
+    )
+    explore_seed: Optional[int] = Field(
+        default=None, description="Seed of the exploration (None = fresh randomness)."
+    )
 
     _holder: Any = PrivateAttr(default=None)
 
@@ -119,7 +136,12 @@ class RRPORerank(BaseNodePostprocessor):
     def _check_limits(self) -> "RRPORerank":
         check_adapter_limits(self.min_k, self.top_n, self.batch_size)
         check_batching(self.batch_wait_ms, self.max_batch_queries)
+        self.exploration  # noqa: B018 - bad exploration settings fail when built
         return self
+
+    @property
+    def exploration(self) -> Exploration:
+        return Exploration(self.explore_epsilon, self.explore_temperature, self.explore_seed)
 
     @classmethod
     def class_name(cls) -> str:
@@ -176,10 +198,10 @@ class RRPORerank(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._callback_payload(nodes, query, options)
         ) as event:
-            selection = self._select(query, nodes, options)
+            selection, propensity = self._select(query, nodes, options)
             kept = self._kept_nodes(nodes, selection)
             event.on_end(payload={EventPayload.NODES: kept})
-        dispatcher.event(ReRankEndEvent(nodes=kept))
+        dispatcher.event(ReRankEndEvent(nodes=kept, tags=_tags(propensity)))
         return kept
 
     @dispatcher.span
@@ -197,10 +219,10 @@ class RRPORerank(BaseNodePostprocessor):
         ) as event:
             # The forward pass is blocking torch work: run it in a worker thread so the
             # event loop keeps serving other queries meanwhile.
-            selection = await asyncio.to_thread(self._select, query, nodes, options)
+            selection, propensity = await asyncio.to_thread(self._select, query, nodes, options)
             kept = self._kept_nodes(nodes, selection)
             event.on_end(payload={EventPayload.NODES: kept})
-        dispatcher.event(ReRankEndEvent(nodes=kept))
+        dispatcher.event(ReRankEndEvent(nodes=kept, tags=_tags(propensity)))
         return kept
 
     # -- steps -------------------------------------------------------------------------
@@ -234,10 +256,17 @@ class RRPORerank(BaseNodePostprocessor):
             EventPayload.TOP_K: options.top_n if options.top_n is not None else len(nodes),
         }
 
-    def _select(self, query: str, nodes: List[NodeWithScore], options: RerankOptions) -> Selection:
+    def _select(self, query: str, nodes: List[NodeWithScore], options: RerankOptions) -> Tuple[Selection, Any]:
+        """The selection, and how it was chosen (None when not logged)."""
         candidates = [node_to_candidate(node) for node in nodes]
-        return self._holder.select(
-            self.reranker, query, candidates, options, self.batch_wait_ms, self.max_batch_queries
+        exploration = self.exploration
+        if not (self.log_propensity or exploration.active):
+            selection = self._holder.select(
+                self.reranker, query, candidates, options, self.batch_wait_ms, self.max_batch_queries
+            )
+            return selection, None
+        return self._holder.select_logged(
+            self.reranker, query, candidates, options, exploration, self.batch_wait_ms, self.max_batch_queries
         )
 
     def _kept_nodes(self, nodes: List[NodeWithScore], selection: Selection) -> List[NodeWithScore]:
@@ -265,6 +294,11 @@ class RRPORerank(BaseNodePostprocessor):
         holder = (state.get("__pydantic_private__") or {}).get("_holder")
         if holder is not None:
             self._holder = holder
+
+
+def _tags(propensity: Any) -> dict:
+    """Event tags the feedback collector reads: the selection's propensity."""
+    return {} if propensity is None else {PROPENSITY_KEY: propensity.to_dict()}
 
 
 def _copy_with(node: NodeWithScore, score: float, extra: dict) -> NodeWithScore:

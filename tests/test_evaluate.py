@@ -276,3 +276,27 @@ def test_rrpo_eval_reports_bad_input(tmp_path, capsys):
     code = main(["eval", "--data", str(tmp_path / "x.jsonl"), "--reranker", "oracle"])
     assert code == 2
     assert "reserved" in capsys.readouterr().err
+
+
+def test_rows_asked_together_equal_rows_asked_one_by_one(tiny_reranker):
+    """share_prompts (all rows' prompts per chunk in one reader call, one scoring per
+    reranker and query) gives the numbers and the per-row reader calls of the row-by-row
+    evaluation."""
+    examples = _examples(5)
+    ranker = KeywordReranker()
+    specs = [RerankerSpec.none(top_n=2)]
+    specs += [RerankerSpec(f"tiny:top{k}", tiny_reranker, top_n=k) for k in (1, 2, 3)]
+    specs += [RerankerSpec("tiny:dynamic", tiny_reranker, top_n=3, dynamic_k=True),
+              RerankerSpec("kw:top2", ranker, top_n=2), RerankerSpec.oracle()]
+    kw = dict(baseline="tiny:top2", n_bootstrap=50, progress=False, batch_size=2)
+    together = evaluate(examples, specs, KeywordReader(), share_prompts=True, **kw)
+    apart = evaluate(examples, specs, KeywordReader(), share_prompts=False, **kw)
+    for a, b in zip(together.rows, apart.rows):
+        assert a.name == b.name
+        assert {m: v for m, v in a.per_question.items() if m != "latency_ms"} == \
+               {m: v for m, v in b.per_question.items() if m != "latency_ms"}
+        assert a.predictions == b.predictions and a.k_distribution == b.k_distribution
+        assert a.reader_calls == b.reader_calls, a.name
+        assert a.diffs == b.diffs
+    # one scoring per query serves every k of the tiny reranker: one latency for all
+    assert together.row("tiny:top1").per_question["latency_ms"] == together.row("tiny:dynamic").per_question["latency_ms"]

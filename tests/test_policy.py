@@ -171,9 +171,13 @@ def test_packaged_default_loads_offline():
     again = Reranker.from_pretrained("minilm-l6", device="cpu")
     scores = rr.score(QUERY, TEXTS)
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
-    # the fresh head is seeded: loading twice gives the same reranker
+    # loading twice gives the same reranker: a bi-encoder by default (rrpo.bi_encoder) ...
     assert again.score(QUERY, TEXTS) == pytest.approx(scores, abs=1e-6)
-    assert rr.scorer.config.hidden_size == 384 and rr.version == "minilm-l6"
+    assert rr.is_bi_encoder and rr.scorer.config.hidden_size == 384 and rr.version == "minilm-l6"
+    # ... and, on request, a cross-encoder whose fresh head is seeded
+    fresh = [Reranker.from_pretrained("minilm-l6", device="cpu", scoring="cross_encoder") for _ in range(2)]
+    assert not fresh[0].is_bi_encoder and fresh[0].fresh_parameters
+    assert fresh[1].score(QUERY, TEXTS) == pytest.approx(fresh[0].score(QUERY, TEXTS), abs=1e-6)
 
 
 # ---------------------------------------------------------------- tokenisation

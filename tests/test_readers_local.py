@@ -224,3 +224,30 @@ def test_smollm2_prefix_sharing_agrees_on_a_real_ranking(smollm2, shared_data_di
     stats = smollm2.stats
     print(f"prefix sharing ran {stats['tokens_evaluated']} of {stats['tokens_requested']} tokens")
     assert stats["tokens_evaluated"] < 0.6 * stats["tokens_requested"]
+
+
+def test_prefix_shared_generate_equals_padded_batches(tiny, tiny_causal_lm_dir):
+    # Nested prefixes, shuffled, with duplicates; plus the short prompts of the batching test.
+    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=3, max_new_tokens=6,
+                        progress=False, prefix_sharing=False)
+    prompts, _ = _shared_prefix_workload()
+    prompts += PROMPTS + [PROMPTS[0]]
+    shared = tiny.generate(prompts)
+    assert shared == plain.generate(prompts)  # in input order
+    assert shared[-1] == shared[len(prompts) - 1 - len(PROMPTS)]  # the duplicate
+    assert tiny.generate([prompts[2]]) == [shared[2]]  # alone: the same answer
+    longer = LocalReader(str(tiny_causal_lm_dir), device="cpu", max_new_tokens=12, progress=False)
+    longer_plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", max_new_tokens=12, progress=False,
+                               prefix_sharing=False)
+    assert longer.generate(prompts[:6]) == longer_plain.generate(prompts[:6])
+
+
+@pytest.mark.slow
+def test_smollm2_prefix_shared_generate_agrees_on_real_prompts(smollm2, shared_data_dir):
+    rows = gold_pair_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 2)
+    # k = 1..3 of one ranking (nested prefixes) and another question, as an evaluation asks.
+    prompts = [build_prompt(rows[0].query, rows[0].candidates[:k], 40) for k in (3, 1, 2)]
+    prompts += [build_prompt(rows[1].query, rows[1].candidates[:2], 40)]
+    plain = LocalReader("smollm2-135m", device="cpu", max_new_tokens=12, progress=False, prefix_sharing=False)
+    assert plain.model is smollm2.model
+    assert smollm2.generate(prompts) == plain.generate(prompts)

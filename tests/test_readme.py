@@ -27,6 +27,18 @@ def test_readme_python_blocks_run(tmp_path):
     assert (tmp_path / "rrpo-readme-run" / "model" / "rrpo_config.json").is_file()
 
 
+def test_quickstart_puts_the_answer_passage_first():
+    """The quickstart, run as written with the offline default, ranks the one passage
+    that answers the question first (and the example does not list it first)."""
+    quickstart = python_blocks((REPO / "README.md").read_text())[0]
+    namespace: dict = {}
+    exec(compile(quickstart, "README.md quickstart", "exec"), namespace)
+    passages, selection = namespace["passages"], namespace["selection"]
+    answer = [i for i, p in enumerate(passages) if "Aster" in p]
+    assert answer != [0] and len(answer) == 1
+    assert selection.order[0] == answer[0], selection
+
+
 def test_cli_reference_is_generated_from_the_parsers():
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_cli_docs.py"), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -128,7 +128,10 @@ def _train_sft(args: argparse.Namespace, size: DemoSize, train, out: Path):
     from rrpo.train import SFTConfig, SFTTrainer
 
     _say(f"training the relevance-SFT reranker from {args.reranker} (labels: on topic)")
-    base = Reranker.from_pretrained(args.reranker, device=args.device, seed=args.seed)
+    # A cross-encoder, as the demo's story is about one: the packaged MiniLM gets a
+    # fresh scoring head (its own default scoring is the bi-encoder).
+    scoring = "cross_encoder" if args.reranker == "minilm-l6" else None
+    base = Reranker.from_pretrained(args.reranker, device=args.device, seed=args.seed, scoring=scoring)
     config = SFTConfig(
         epochs=size.sft_epochs, max_k=TOP_N, seed=args.seed, device=args.device,
         out_dir=str(out / "runs" / "sft"),

@@ -340,3 +340,92 @@ def std(values: list[float]) -> float:
         return 0.0
     m = mean(values)
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+# ---------------------------------------------------------------- data parallel
+# Both trainers call the policy through its methods, not ``forward``, so DDP's hooks would
+# not see it: gradients are averaged by an explicit all-reduce, and the batch statistics
+# that a single process would take over the whole batch (means of the loss terms, the
+# advantages' scale) are reduced over the ranks, so N processes over a global batch take
+# the same step as one process over it.
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under ``accelerate launch`` / ``torchrun``: one process per device."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def sync_gradients(module: Any, world: int) -> None:
+    """Average the gradients of every trainable parameter over the ranks, in one
+    all-reduce. A parameter without a gradient on this rank (no sample reached it, or the
+    rank had nothing to learn from) counts as zero: every rank must reduce the same
+    tensors, or the collective hangs or mixes them up."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def global_mean(terms: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean of ``terms`` over the whole batch, as a loss whose gradient, once averaged
+    over the ranks by :func:`sync_gradients`, is the single-process gradient: this rank's
+    sum times ``world`` over the count on all ranks. Ranks hold different numbers of
+    steps (k differs), so a per-rank mean would weight their steps unequally. 0 when no
+    rank has a term; every rank must call it (it all-reduces the count)."""
+    if world <= 1:
+        return terms.mean() if terms.numel() else torch.zeros((), device=terms.device)
+    import torch.distributed as dist
+
+    count = torch.tensor([float(terms.numel())], dtype=torch.float64, device=terms.device)
+    dist.all_reduce(count)
+    if count.item() == 0:
+        return torch.zeros((), device=terms.device)
+    return terms.sum() * (world / count.item())
+
+
+def global_std(values: torch.Tensor, world: int) -> torch.Tensor | None:
+    """The sample standard deviation of ``values`` over all ranks (None when fewer than 2
+    values in all); every rank must call it. One rank alone: ``values.std()``."""
+    if world <= 1:
+        return values.std() if values.numel() > 1 else None
+    import torch.distributed as dist
+
+    v = values.detach().double()
+    stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), (v * v).sum()])
+    dist.all_reduce(stats)
+    n, total, squares = stats.tolist()
+    if n < 2:
+        return None
+    return torch.tensor(math.sqrt(max(0.0, (squares - total * total / n) / (n - 1))), dtype=values.dtype, device=values.device)
+
+
+def global_value(value: torch.Tensor | float, world: int) -> float:
+    """A logged number as the whole batch's: the mean over the ranks of a per-rank value
+    that :func:`global_mean` scaled by ``world``."""
+    tensor = value.detach().float().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    if world <= 1:
+        return float(tensor)
+    import torch.distributed as dist
+
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return float(tensor) / world

@@ -39,8 +39,9 @@ class RRPOConfig:
     gae_lambda: float = _f(1.0, "GAE lambda over selection steps (baseline 'reference'; below 1 biases the first picks)")
     baseline: str = _f("group", "group: leave-one-out mean of the group's returns from the same step; reference: the frozen reranker's greedy prefix of the same length (the paper's anchor)")
     stop_loss_weight: float = _f(1.0, "weight of the STOP objective fitted on the sampled per-prefix curves: stop where stopping beat the sampled continuation (0 = policy gradient only)")
+    importance_clip: float = _f(1.0, "c: a logged production selection (a rated feedback record) counts min(pi/mu, c) times, pi the rollout policy's and mu the serving policy's probability of it (clipped importance sampling)")
     learning_rate: float = _f(5e-4, "AdamW learning rate of the trained encoder layers (sized for train_top_layers=2; use ~1e-4 for all layers)")
-    head_lr: float = _f(1e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
+    head_lr: float = _f(5e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
     stop_head_lr: float = _f(1e-2, "AdamW learning rate of the STOP head (small, so larger)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     warmup_steps: int = _f(5, "linear warm-up steps")
@@ -61,7 +62,7 @@ class RRPOConfig:
     def validate(self) -> "RRPOConfig":
         _positive(self, "group_size", "queries_per_step", "max_steps", "ppo_epochs", "max_k", "max_words")
         _non_negative(self, "min_k", "context_cost", "kl_beta", "warmup_steps", "checkpoint_every", "stop_loss_weight",
-                      "train_top_layers")  # fmt: skip
+                      "train_top_layers", "importance_clip")  # fmt: skip
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         _choice(self, "reward_mode", {"per_prefix", "terminal"})
@@ -84,7 +85,7 @@ class SFTConfig:
     epochs: float = _f(2.0, "passes over the training examples (fractions allowed)")
     examples_per_step: int = _f(8, "examples per optimisation step (all their candidates)")
     learning_rate: float = _f(3e-5, "AdamW learning rate of the cross-encoder")
-    head_lr: float = _f(1e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
+    head_lr: float = _f(5e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
     stop_head_lr: float = _f(1e-3, "AdamW learning rate of the STOP head")
     stop_loss_weight: float = _f(0.5, "weight of the STOP head's loss: stop right after the relevant passages")
     weight_decay: float = _f(0.01, "AdamW weight decay")

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..offpolicy import Propensity, importance_weight
 from ..plackett_luce import greedy_k, selection_limit
 from ..policy import Reranker, Scored
 from ..types import Example, Selection
@@ -66,6 +67,7 @@ class QueryRollout:
     greedy_k: int = 0
     live: Scored | None = None  # the rollout's forward, with its graph: the first PPO epoch reuses it
     stop_targets: torch.Tensor | None = None  # (G, L) 1 = stopping beat the continuation, 0 = it did not, nan = no label
+    weights: torch.Tensor | None = None  # (G,) 1 for a sample; min(pi/mu, c) for a logged production selection
 
 
 class RRPOTrainer:
@@ -114,7 +116,9 @@ class RRPOTrainer:
             head_lr=self.config.head_lr,
         )
         self.scheduler = common.linear_schedule(self.optimizer, self.config.warmup_steps, self.config.max_steps)
-        self.generator = torch.Generator().manual_seed(self.config.seed)
+        # One sampling stream per rank: with one seed, every rank would draw its j-th
+        # query's rankings from the same random numbers.
+        self.generator = torch.Generator().manual_seed(self.config.seed + self.rank)
         self.step = 0
         self.epoch = 0
         self.position = 0  # index into this epoch's shuffled order
@@ -191,11 +195,15 @@ class RRPOTrainer:
             with torch.no_grad():
                 old = self.policy.step_log_probs(s, selections, top_n=cfg.max_k, min_k=cfg.min_k)
                 ref = self.reference.step_log_probs(rs, selections, top_n=cfg.max_k, min_k=cfg.min_k)
+            weights = torch.ones(len(selections), device=old.values.device)
+            if logged is not None:  # it was drawn by the serving policy mu, not by this one
+                weights[-1] = importance_weight(float(old.total()[-1]), logged.log_prob, cfg.importance_clip)
             limit = selection_limit(len(ex.candidates), cfg.max_k)
             order = torch.argsort(s.scores, descending=True, stable=True)
             gk = greedy_k(s.scores, s.hidden, self.policy.stop_head, order, min_k=min(cfg.min_k, limit),
                           max_k=cfg.max_k, norm_k=self.policy.settings.max_k)  # fmt: skip
-            out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live))
+            out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live,
+                                    weights=weights))
             if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
                 self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
         return out
@@ -269,10 +277,12 @@ class RRPOTrainer:
                 self._reference_advantages(r)
             r.stop_targets = self._stop_targets(r)
         valid = torch.cat([r.advantages[r.mask] for r in rollouts]) if rollouts else torch.zeros(0)
-        if valid.numel() > 1:
+        # Over the global batch (all ranks): each rank scaling by its own std would step
+        # differently from one process over the same batch.
+        sigma = common.global_std(valid, self.world)
+        if sigma is not None:
             # Scale only: the baselines already centre the advantages, and a shared shift
             # would give every step of every sample the same push.
-            sigma = valid.std()
             for r in rollouts:
                 r.advantages = torch.where(r.mask, r.advantages / (sigma + 1e-8), torch.zeros_like(r.advantages))
 
@@ -360,24 +370,28 @@ class RRPOTrainer:
         cfg = self.config
         live = [r for r in rollouts if bool(r.mask.any())]
         stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "stop_loss": 0.0}
-        if not live:
+        if not live and self.world <= 1:
             for r in rollouts:
                 r.live = None
             self.scheduler.step()
             return stats
         for epoch in range(cfg.ppo_epochs):
-            if epoch == 0:
-                scored = [r.live for r in live]
-            else:
-                with common.autocast(self.device, cfg.bf16):
-                    scored = self.policy.score_pairs([r.example.query for r in live], [r.example.candidates for r in live])
-            loss, parts = self.loss(live, scored)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if live:
+                if epoch == 0:
+                    scored = [r.live for r in live]
+                else:
+                    with common.autocast(self.device, cfg.bf16):
+                        scored = self.policy.score_pairs([r.example.query for r in live], [r.example.candidates for r in live])
+                loss, parts = self.loss(live, scored)
+                loss.backward()
+            else:  # nothing to learn from on this rank; the other ranks' all-reduces wait for it
+                loss, parts = self._idle_loss()
             _sync_gradients(self.policy, self.world)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-            stats = {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "grad_norm": norm.item()}
+            stats = {"loss": common.global_value(loss, self.world), "grad_norm": norm.item(),
+                     **{k: common.global_value(v, self.world) if k != "clip_frac" else v.item() for k, v in parts.items()}}
         for r in rollouts:
             r.live = None  # free the rollout's graph
         self.scheduler.step()
@@ -394,21 +408,34 @@ class RRPOTrainer:
             adv = r.advantages
             unclipped = ratio * adv
             bounded = torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv
-            pg_terms.append(-torch.minimum(unclipped, bounded)[mask])
+            # a logged selection's terms count its importance weight times (1 for samples)
+            w = r.weights[:, None].expand_as(new) if r.weights is not None else torch.ones_like(new)
+            pg_terms.append((-torch.minimum(unclipped, bounded) * w)[mask])
             log_ratio_ref = r.ref_logp - new
-            kl_terms.append((torch.exp(log_ratio_ref) - log_ratio_ref - 1)[mask])
+            kl_terms.append(((torch.exp(log_ratio_ref) - log_ratio_ref - 1) * w)[mask])
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
             if r.stop_targets is not None:
                 labelled = ~torch.isnan(r.stop_targets) & torch.isfinite(steps.stop_log_odds)
                 if bool(labelled.any()):
                     stop_terms.append(torch.nn.functional.binary_cross_entropy_with_logits(
                         steps.stop_log_odds[labelled], r.stop_targets[labelled], reduction="none"))
-        pg = torch.cat(pg_terms).mean()
-        kl = torch.cat(kl_terms).mean()
-        stop = torch.cat(stop_terms).mean() if stop_terms else torch.zeros((), device=pg.device)
+        # Means over the global batch (common.global_mean), so ranks holding more steps
+        # weigh as much as one process would give them; with one process, plain means.
+        pg = common.global_mean(torch.cat(pg_terms), self.world)
+        kl = common.global_mean(torch.cat(kl_terms), self.world)
+        stop = common.global_mean(torch.cat(stop_terms) if stop_terms else pg.new_zeros(0), self.world)
         loss = pg + cfg.kl_beta * kl + cfg.stop_loss_weight * stop
         parts = {"kl": kl.detach(), "clip_frac": torch.cat(clipped).mean(), "stop_loss": stop.detach()}
         return loss, parts
+
+    def _idle_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A rank with no usable sample: a zero loss, joining loss()'s three all-reduces
+        in the same order."""
+        empty = torch.zeros(0, device=self.device)
+        for _ in range(3):  # pg, kl, stop
+            common.global_mean(empty, self.world)
+        zero = torch.zeros((), device=self.device)
+        return zero, {"kl": zero, "clip_frac": zero, "stop_loss": zero}
 
     # ------------------------------------------------------------------ data order
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -586,7 +613,9 @@ def _rating_for(ex: Example, idx: tuple[int, ...]) -> float | None:
 
 
 def _logged_selection(ex: Example, scored: Scored, cfg: RRPOConfig) -> Selection | None:
-    """The selection a live pipeline made, when the example is a rated feedback record."""
+    """The selection a live pipeline made, when the example is a rated feedback record.
+    Its ``log_prob`` is the behaviour log-prob the record logged (log mu under the
+    serving policy), or None when the record has none (then it counts as on-policy)."""
     logged = ex.metadata.get("kept_ids")
     if ex.metadata.get("rating") is None or not logged:
         return None
@@ -596,10 +625,15 @@ def _logged_selection(ex: Example, scored: Scored, cfg: RRPOConfig) -> Selection
     kept = [index[i] for i in logged]
     scores = scored.scores.tolist()
     rest = sorted((i for i in range(len(scores)) if i not in set(kept)), key=lambda i: -scores[i])
-    return Selection(order=kept + rest, k=len(kept), scores=scores)
+    served = Propensity.from_metadata(ex.metadata)
+    # mu is over the list the server ranked: another list (deduplicated) has another mu
+    behaviour = served.behaviour_log_prob if served is not None and served.candidates == len(ex.candidates) else None
+    return Selection(order=kept + rest, k=len(kept), scores=scores, log_prob=behaviour)
 
 
 def _apply_lora(policy: Reranker, cfg: RRPOConfig) -> None:
+    if policy.is_bi_encoder:  # peft would wrap the two towers as one sequence classifier
+        raise ValueError("lora trains cross-encoders; a bi-encoder trains its query tower: use train_top_layers")
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - depends on the install
@@ -617,27 +651,6 @@ def _pick_device(device: str | None, rank: int) -> str:
     return chosen
 
 
-def _distributed_rank() -> tuple[int, int]:
-    """Data parallel under ``accelerate launch`` / ``torchrun``: one process per device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _sync_gradients(policy: Reranker, world: int) -> None:
-    """Average gradients across processes (the policy is called through its methods,
-    not ``forward``, so DDP's hooks would not see it; an explicit all-reduce does)."""
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    for p in policy.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world
+# Data parallel: shared with the SFT trainer (common.py says why there is no DDP wrapper).
+_distributed_rank = common.distributed_rank
+_sync_gradients = common.sync_gradients

@@ -48,19 +48,22 @@ class SFTTrainer:
         if not self.examples:
             raise ValueError("examples: the training data is empty")
         self.labels = [self._labels(ex) for ex in self.examples]
-        self.device = torch.device(_device(self.config.device))
+        # Data parallel (torchrun): examples_per_step is per process, like RRPO's
+        # queries_per_step; each global batch is split over the ranks, only rank 0 writes.
+        self.rank, self.world = common.distributed_rank()
+        self.device = torch.device(_device(self.config.device, self.rank))
         self.reranker = reranker.to(self.device)
         common.to_float32(self.reranker)
         self.optimizer = common.make_optimizer(
             self.reranker, self.config.learning_rate, self.config.stop_head_lr, self.config.weight_decay,
             head_lr=self.config.head_lr,
         )
-        per_epoch = math.ceil(len(self.examples) / self.config.examples_per_step)
+        per_epoch = math.ceil(len(self.examples) / (self.config.examples_per_step * self.world))
         self.total_steps = max(1, math.ceil(per_epoch * self.config.epochs))
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = common.linear_schedule(self.optimizer, warmup, self.total_steps)
         self.out_dir = Path(self.config.out_dir)
-        common.claim_out_dir(self.out_dir, self.config.overwrite)  # never mix two runs' metrics
+        common.claim_out_dir(self.out_dir, self.config.overwrite, remove=self.rank == 0)  # never mix two runs' metrics
         self.metrics = common.MetricsLog(self.out_dir / "metrics.jsonl")
 
     def _labels(self, ex: Example) -> list[float]:
@@ -71,7 +74,7 @@ class SFTTrainer:
 
     def _batches(self):
         rng = random.Random(self.config.seed)
-        size = self.config.examples_per_step
+        size = self.config.examples_per_step * self.world  # the global batch
         step = 0
         while True:
             order = list(range(len(self.examples)))
@@ -88,38 +91,49 @@ class SFTTrainer:
 
         torch.manual_seed(self.config.seed)
         self.reranker.train()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
-        bar = tqdm(total=self.total_steps, desc="sft", disable=not self.config.progress)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
+        bar = tqdm(total=self.total_steps, desc="sft", disable=not self.config.progress or self.rank != 0)
         for step, indices in enumerate(self._batches(), start=1):
-            row = self.train_step(indices)
-            self.metrics.write({"step": step, **row})
+            row = self.train_step(indices[self.rank :: self.world])  # this rank's share of the global batch
+            if self.rank == 0:
+                self.metrics.write({"step": step, **row})
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         bar.close()
         self.reranker.eval()
         self.reranker.fresh_parameters = set()  # trained now
         self.reranker.settings.default_top_n = self.config.max_k  # the cap its STOP head learned
-        self.reranker.save_pretrained(self.out_dir / "model")
-        common.plot_curves(self.metrics.rows, ("loss", "bce", "stop_nll"), self.out_dir / "curves.png", "relevance SFT")
+        if self.rank == 0:
+            self.reranker.save_pretrained(self.out_dir / "model")
+            common.plot_curves(self.metrics.rows, ("loss", "bce", "stop_nll"), self.out_dir / "curves.png", "relevance SFT")
         return self.reranker
 
     def train_step(self, indices: list[int]) -> dict[str, float]:
         batch = [self.examples[i] for i in indices]
         labels = [self.labels[i] for i in indices]
-        with common.autocast(self.device, self.config.bf16):
-            scored = self.reranker.score_pairs([ex.query for ex in batch], [ex.candidates for ex in batch])
-        scores = torch.cat([s.scores.float() for s in scored])
-        target = torch.tensor([v for row in labels for v in row], device=scores.device)
-        bce = F.binary_cross_entropy_with_logits(scores, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        if batch:
+            with common.autocast(self.device, self.config.bf16):
+                scored = self.reranker.score_pairs([ex.query for ex in batch], [ex.candidates for ex in batch])
+            scores = torch.cat([s.scores.float() for s in scored])
+            target = torch.tensor([v for row in labels for v in row], device=scores.device)
+            pair_losses = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
+        else:  # a last global batch smaller than the world: this rank only joins the all-reduces
+            scored, pair_losses = [], torch.zeros(0, device=self.device)
+        # Means over the global batch: ranks hold different numbers of pairs.
+        bce = common.global_mean(pair_losses, self.world)
         stop_nll = self._stop_loss(scored, labels)
         loss = bce + self.config.stop_loss_weight * stop_nll
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        common.sync_gradients(self.reranker, self.world)
         torch.nn.utils.clip_grad_norm_(self.reranker.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": loss.item(), "bce": bce.item(), "stop_nll": stop_nll.item(), "lr": self.scheduler.get_last_lr()[0]}
+        values = {name: common.global_value(v, self.world) for name, v in (("loss", loss), ("bce", bce), ("stop_nll", stop_nll))}
+        return {**values, "lr": self.scheduler.get_last_lr()[0]}
 
     def _stop_loss(self, scored, labels) -> torch.Tensor:
         """-log P(relevant passages best-first, then STOP); the scores are detached so
@@ -135,12 +149,10 @@ class SFTTrainer:
             hidden = s.hidden.detach().float()
             logp = self.reranker.step_log_probs(Scored(detached, hidden), [sel], top_n=self.config.max_k, min_k=1)
             terms.append(-logp.total()[0])
-        if not terms:
-            return torch.zeros((), device=self.device)
-        return torch.stack(terms).mean()
+        return common.global_mean(torch.stack(terms) if terms else torch.zeros(0, device=self.device), self.world)
 
 
-def _device(device: str | None) -> str:
-    from ..models import best_device
+def _device(device: str | None, rank: int = 0) -> str:
+    from .rrpo import _pick_device
 
-    return best_device(device)
+    return _pick_device(device, rank)  # one GPU per process when there are several
