@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for start in args.starts.split(","):
         steps = args.sft_steps if start == "sft" else args.fresh_steps
-        policy = _start(start, train, out, args.device)
+        policy = _start(start, train, out, args.device, args.sft_from)
         runs[start] = _run(policy, AnswerPassageReader(), train, held_out, steps, args, out / f"rrpo-{start}")
         print(_curve_table(start, runs[start]), flush=True)
     (out / "learning.json").write_text(json.dumps(runs, indent=2))
@@ -77,15 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sft-steps", type=int, default=25, help="RRPO steps from the SFT start")
     p.add_argument("--fresh-steps", type=int, default=50, help="RRPO steps from the fresh head")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time budget per start: stop at the first evaluation past it (the table says so)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/learning")
     p.add_argument("--results", default=None, help="append the tables to this RESULTS.md")
     p.add_argument("--notes", default="", help="a line for the results section (e.g. machine load)")
+    p.add_argument("--sft-from", default=None, help="reuse a relevance-SFT model this script trained before (OUT/sft/model)")
     return p
 
 
-def _start(start: str, train, out: Path, device: str):
+def _start(start: str, train, out: Path, device: str, sft_from: str | None = None):
     from rrpo import Reranker
     from rrpo.synthetic import relevance_labels
     from rrpo.train import SFTConfig, SFTTrainer
@@ -95,6 +98,8 @@ def _start(start: str, train, out: Path, device: str):
         return base
     if start != "sft":
         raise SystemExit(f"unknown start {start!r}: choose sft or fresh")
+    if sft_from:
+        return Reranker.from_pretrained(sft_from, device=device)
     config = SFTConfig(out_dir=str(out / "sft"), device=device, progress=False, overwrite=True)
     return SFTTrainer(base, train, config, label_fn=relevance_labels).train()
 
@@ -107,11 +112,16 @@ def _run(policy, reader, train, held_out, steps: int, args, out_dir: Path) -> li
     trainer = RRPOTrainer(policy, reader, train, config)
     rows = [{"step": 0, **_held_out(trainer, held_out), "kl": 0.0, "reader_calls": 0, "seconds": 0.0}]
     started = time.perf_counter()
+    budget = None if args.minutes is None else 60 * args.minutes
     for step in range(1, steps + 1):
         row = trainer.train_step()
         if step % args.eval_every == 0 or step == steps:
             rows.append({"step": step, **_held_out(trainer, held_out), "kl": row["kl"],
                          "reader_calls": trainer.reader.calls, "seconds": time.perf_counter() - started})  # fmt: skip
+            print(f"[{out_dir.name}] step {step}: {rows[-1]}", flush=True)
+            if budget is not None and rows[-1]["seconds"] > budget and step < steps:
+                rows[-1]["stopped_by_budget"] = True
+                break
     trainer.policy.release_frozen_layers()
     return rows
 
@@ -137,7 +147,9 @@ def _held_out(trainer, held_out) -> dict:
 
 
 def _curve_table(start: str, rows: list[dict]) -> str:
-    lines = [f"### from {start}: held-out curve", "",
+    cut = [r["step"] for r in rows if r.get("stopped_by_budget")]
+    title = f"### from {start}: held-out curve" + (f" (stopped by --minutes at step {cut[0]})" if cut else "")
+    lines = [title, "",
              "| step | gold@1 | mean greedy k | greedy reward | KL to reference | reader calls | seconds |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:

@@ -1,4 +1,4 @@
-"""Train the relevance-SFT MiniLM that the int8 quality check in ``speed.py`` ranks with.
+"""Train the relevance-SFT MiniLM cross-encoder that the int8 quality check in ``speed.py`` ranks with.
 
 Quantization error only matters where the scores mean something: a fresh head's
 near-equal scores reorder under any rounding. So the check needs a trained reranker:
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     examples = load_examples(shared_data_dir() / "hotpotqa-distractor.train.jsonl.gz", limit=args.questions)
-    reranker = Reranker.from_pretrained(args.init, device=args.device, max_length=args.max_length)
+    # A cross-encoder (a plain encoder gets a fresh one-logit head): what speed.py and its
+    # sentence-transformers peer run.
+    reranker = Reranker.from_pretrained(args.init, device=args.device, max_length=args.max_length, scoring="cross_encoder")
     config = SFTConfig(
         epochs=args.epochs, examples_per_step=args.examples_per_step, device=args.device,
         out_dir=str(args.out), overwrite=True, progress=False,

@@ -79,14 +79,30 @@ class FrozenLowerLayers:
         with self._only(self.layers[self.split :]), self._embeddings_return(lower):
             return scorer(**inputs, output_hidden_states=True)
 
+    def prefill(self, groups: list[list[tuple[list[int], list[int] | None]]], make_inputs: Any) -> None:
+        """Compute the missing states one group (one query's candidates) at a time.
+
+        A pair's kept state must not depend on which training batch (and so which
+        padding) it first came in, or a resumed run would differ from an uninterrupted
+        one in the last bits: a query's pairs are always computed together, padded to
+        that query's longest pair, whatever else the step holds. ``make_inputs(ids,
+        types)`` builds the padded model inputs.
+        """
+        with torch.no_grad(), self._only(self.layers[: self.split]):
+            for group in groups:
+                todo = [(ids, tt) for ids, tt in group if _key(ids, tt) not in self._states]
+                if not todo:
+                    continue
+                states = self.base(**make_inputs([i for i, _ in todo], [t for _, t in todo])).last_hidden_state
+                for j, (ids, tt) in enumerate(todo):
+                    self._put(_key(ids, tt), states[j, : len(ids)].float().clone())
+
     def _fill(self, missing: list[int], keys: list[bytes], rows: list[list[int]], inputs: dict[str, torch.Tensor]) -> None:
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
         if not missing:
             return
-        # One pair at a time, unpadded: a pair's kept state must not depend on which batch
-        # (and so which padding) it first came in, or a resumed run would differ from an
-        # uninterrupted one in the last bits.
+        # Pairs that prefill did not cover (evicted since): one at a time, unpadded.
         with torch.no_grad(), self._only(self.layers[: self.split]):
             for i in missing:
                 one = {name: value[i : i + 1, : len(rows[i])] for name, value in inputs.items()}

@@ -248,8 +248,8 @@ class Reranker(nn.Module):
                 raise TypeError(f"candidate {i} text must be a str, got {type(c.text).__name__}")
         return cands
 
-    def _forward(self, input_ids: list[list[int]], types: list[list[int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One padded batch through the scorer -> (scores (B,), pooled (B, H))."""
+    def _model_inputs(self, input_ids: list[list[int]], types: list[list[int] | None]) -> tuple[dict, torch.Tensor]:
+        """Right-padded model inputs for a batch of pairs, and the (CPU) attention mask."""
         device = self.device
         width = max(len(ids) for ids in input_ids)
         pad = self.tokenizer.pad_token_id or 0
@@ -264,6 +264,12 @@ class Reranker(nn.Module):
         inputs = {"input_ids": ids_t.to(device), "attention_mask": mask_t.to(device)}
         if self._accepts_token_types:
             inputs["token_type_ids"] = types_t.to(device)
+        return inputs, mask_t
+
+    def _forward(self, input_ids: list[list[int]], types: list[list[int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One padded batch through the scorer -> (scores (B,), pooled (B, H))."""
+        device = self.device
+        inputs, mask_t = self._model_inputs(input_ids, types)
         if self.frozen_lower is not None:
             out = self.frozen_lower.forward(self.scorer, inputs, input_ids, types)
         else:
@@ -292,6 +298,11 @@ class Reranker(nn.Module):
             keys = [(c.id, self._doc_text(c)) for c in cands]
             for ci, (ids, tt) in enumerate(self.pairs.encode_pairs(query, keys)):
                 pairs.append((qi, ci, ids, tt))
+        if self.frozen_lower is not None:  # the frozen lower layers, once per query's pairs
+            groups: list[list[tuple[list[int], list[int] | None]]] = [[] for _ in queries]
+            for qi, _, ids, tt in pairs:
+                groups[qi].append((ids, tt))
+            self.frozen_lower.prefill(groups, lambda ids, tt: self._model_inputs(ids, tt)[0])
         pairs.sort(key=lambda p: len(p[2]), reverse=True)
         parts = [
             self._forward([p[2] for p in pairs[i : i + batch_size]], [p[3] for p in pairs[i : i + batch_size]])

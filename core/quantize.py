@@ -170,6 +170,8 @@ def quantize_int8(
     each quantized Linear is smoothed with ``smooth_alpha`` (SmoothQuant).
     """
     _require_quantized_engine()
+    if calibration is not None and getattr(reranker.settings, "scoring", "cross_encoder") != "cross_encoder":
+        raise ValueError("calibration= is implemented for cross-encoders; quantize this reranker without it")
     if reduce_range is None:
         reduce_range = not cpu_has_int8_dot()
     scorer = copy.deepcopy(reranker.scorer).float().cpu().eval()
