@@ -115,6 +115,10 @@ def sft(rr: Reranker, train: list[Example], epochs: float, out: Path, device: st
     return time.perf_counter() - start
 
 
+def load(args: argparse.Namespace, scoring: str | None) -> Reranker:
+    return Reranker.from_pretrained(args.model, device=args.device, max_length=args.max_length, scoring=scoring)
+
+
 # ------------------------------------------------------------------ RRPO step
 class FreeReader:
     """A reader that costs nothing: log-lik -1 when the answer is in the prompt, else -5."""
@@ -195,6 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency-queries", type=int, default=20, help="HotpotQA dev questions timed one at a time")
     p.add_argument("--step-queries", type=int, default=8, help="queries of the timed RRPO step (10 candidates each)")
     p.add_argument("--steps", type=int, default=3, help="timed RRPO steps after the first")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per pair / per text, both scorings (MiniLM's own 256)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=None, help="default: $RRPO_SHARED_DATA, else ../shared/data")
     p.add_argument("--results", default=None, help="append the tables to this RESULTS.md")
@@ -216,13 +221,13 @@ def main(argv=None) -> int:
     rows.append(Row("BM25 (over the candidates)", bm25_orders(hotpot), bm25_orders(squad)))
     timings = {}
     # Loaded outside inference_mode: both train later (rerank itself runs under it).
-    ce = Reranker.from_pretrained(args.model, device=args.device, scoring="cross_encoder")
+    ce = load(args, "cross_encoder")
     rows.append(reranker_row("cross-encoder, fresh head (the old default)", ce, hotpot, squad, lat))
-    say(rows[-1].name + " done")
-    bi = Reranker.from_pretrained(args.model, device=args.device)
+    say(quality_table(rows[-1:], hotpot, squad))  # each row as it is done: a long run can die
+    bi = load(args, None)
     assert bi.is_bi_encoder, "--model must be a plain encoder (no classification head)"
     rows.append(reranker_row("bi-encoder, zero-shot (the new default)", bi, hotpot, squad, lat))
-    say(rows[-1].name + " done")
+    say(quality_table(rows[-1:], hotpot, squad))
     with tempfile.TemporaryDirectory(prefix="rrpo-biencoder-sft-") as tmp:
         for name, model, n in (("bi-encoder", bi, args.sft_questions), ("cross-encoder", ce, args.cross_sft_questions)):
             if not n:
@@ -230,19 +235,17 @@ def main(argv=None) -> int:
             # In place: the bi-encoder keeps its cached passage embeddings (frozen tower).
             timings[name] = sft(model, train[:n], args.sft_epochs, Path(tmp) / name, args.device)
             rows.append(reranker_row(f"{name}, relevance SFT ({n} q x {args.sft_epochs:g} epochs)", model, hotpot, squad, []))
-            say(f"{rows[-1].name} done ({timings[name]:.0f} s of training)")
+            say(quality_table(rows[-1:], hotpot, squad) + f"\n({timings[name]:.0f} s of training)")
     del ce, bi
     steps = {
-        "cross-encoder (fresh head)": rrpo_step_times(
-            lambda: Reranker.from_pretrained(args.model, device=args.device, scoring="cross_encoder"), train, args),
-        "bi-encoder (query tower trains)": rrpo_step_times(
-            lambda: Reranker.from_pretrained(args.model, device=args.device), train, args),
+        "cross-encoder (fresh head)": rrpo_step_times(lambda: load(args, "cross_encoder"), train, args),
+        "bi-encoder (query tower trains)": rrpo_step_times(lambda: load(args, "bi_encoder"), train, args),
     }  # fmt: skip
 
     gold_found = sum(bool(e.metadata.get("gold_retrieved")) for e in squad)
     tables = quality_table(rows, hotpot, squad) + "\n\n" + step_table(steps, args)
     notes = "\n".join([
-        f"- `{args.model}` on {args.device}; HotpotQA dev: the first {len(hotpot)} questions, 10 passages each; "
+        f"- `{args.model}` on {args.device}, at most {args.max_length} tokens per pair (cross-encoder) or text (bi-encoder); HotpotQA dev: the first {len(hotpot)} questions, 10 passages each; "
         f"SQuAD dev: the first {len(squad)} questions, BM25 top-20 over the dev corpus "
         f"({len({c.id for e in squad for c in e.candidates})} distinct passages retrieved); BM25 found the gold passage for {gold_found} of them "
         "(recall and nDCG over those; retrieval order = BM25 order there).",
