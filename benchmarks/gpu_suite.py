@@ -170,7 +170,7 @@ def _mib(m: Any) -> str:
 # --------------------------------------------------------------------------- 1. reranker
 def part_reranker(ctx: Context, section: Section) -> None:
     import torch
-    from speed import check_same_scores, load_peer, load_workload, peer_scores, rrpo_scores, scoring_throughput
+    from speed import Variant, check_same_scores, load_peer, load_workload, peer_scores, rrpo_scores, scoring_throughput
 
     from rrpo import Reranker
 
@@ -190,7 +190,8 @@ def part_reranker(ctx: Context, section: Section) -> None:
             except Exception as exc:  # noqa: BLE001 - only this row is lost
                 section.notes.append(f"sentence-transformers in {dtype} left out: {type(exc).__name__}: {exc}")
         speed_args = argparse.Namespace(device=ctx.device, pairs=plan.pairs, group=20, batch_size=64)
-        table = scoring_throughput(speed_args, reranker, peers, workload)
+        variants = {"": Variant(reranker, str(dtype).removeprefix("torch."))}
+        table = scoring_throughput(speed_args, variants, peers, workload)
         section.raw = f"### {plan.pairs} pairs, rrpo vs the peer (batch 64 both; the peer also at 32)\n\n{table}"
     rows = section.table(f"rrpo batch sweep, {plan.pairs} new pairs each (cold document cache)",
                          ["batch", "dtype", "pairs/s", "peak MiB"])  # fmt: skip

@@ -182,7 +182,7 @@ class BiEncoder(nn.Module):
         for frozen in self.frozen_lower.values():
             frozen.release()
         self.frozen_lower = {}
-        self.set_train_mode(self.train_mode)  # release() unfroze the passage tower's lower layers too
+        self.set_train_mode(self.train_mode)  # release() unfreezes what it froze: re-assert which tower trains
 
     # ------------------------------------------------------------------ embedding
     def embed(self, tower: str, texts: Sequence[str], batch_size: int) -> torch.Tensor:
@@ -297,7 +297,7 @@ def pool(last: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (last * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def load_bi_encoder(path: str, trust_remote_code: bool, train_mode: str = "query") -> tuple[BiEncoder, set[str]]:
+def load_bi_encoder(path: str, trust_remote_code: bool) -> tuple[BiEncoder, set[str]]:
     """A BiEncoder from a directory or hub id, and the names of its fresh parameters
     (scale and bias when the directory has none saved)."""
     from safetensors.torch import load_file

@@ -155,9 +155,8 @@ class Reranker(nn.Module):
             # Another scoring than the one saved: its STOP head saw other hidden states.
             logger.warning("%s was saved as a %s; loading it as a %s with fresh rrpo settings", path, settings.scoring, mode)
             settings = None
-        if mode == "bi_encoder":
-            train_mode = settings.bi_encoder_train if settings else "query"
-            scorer, fresh = bi_encoder.load_bi_encoder(path, trust_remote_code, train_mode)
+        if mode == "bi_encoder":  # which tower trains comes from the settings (Reranker.__init__)
+            scorer, fresh = bi_encoder.load_bi_encoder(path, trust_remote_code)
         else:
             scorer, fresh = _load_cross_encoder(path, is_classifier, trust_remote_code, seed)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -28,7 +28,7 @@ def test_defaults_learn_the_answer_passage_first_and_to_stop_after_it(tmp_path):
     examples = generate_examples(64, seed=1, candidates=(8, 8))
     train, held_out = examples[:32], examples[32:]
     policy = Reranker.from_pretrained("minilm-l6", device="cpu", scoring="cross_encoder")
-    config = RRPOConfig(max_steps=8, out_dir=str(tmp_path / "run"), device="cpu", progress=False, checkpoint_every=0)
+    config = RRPOConfig(max_steps=24, out_dir=str(tmp_path / "run"), device="cpu", progress=False, checkpoint_every=0)
     gold_before, k_before = held_out_greedy(policy, held_out, config.max_k)
 
     RRPOTrainer(policy, AnswerPassageReader(), train, config).train()

@@ -269,3 +269,20 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tiny_cros
         assert torch.equal(value, straight.state_dict()[key]), key  # bit-identical
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_stop_objective_stops_when_stopping_pays_on_average_not_when_it_wins_most_often():
+    """Nine continuations cost 0.1 each; one brings the answer (+2). Stopping wins 9 of 10
+    times, yet going on pays on average: the weighted objective pushes toward going on."""
+    from core.train.rrpo import stop_objective
+
+    gains = torch.tensor([0.1] * 9 + [-2.0])  # gain of stopping = Q(t) - Q(k)
+    logits = torch.zeros(10, requires_grad=True)
+    stop_objective(torch.stack([logits, gains])).mean().backward()
+    assert float(logits.grad.sum()) > 0  # descent lowers the STOP log-odds: go on
+
+    logits = torch.zeros(10, requires_grad=True)
+    stop_objective(torch.stack([logits, torch.tensor([-0.01] * 9 + [2.0])])).mean().backward()  # rarely wins, by a lot
+    assert float(logits.grad.sum()) < 0
+    # Ties carry no information and no loss.
+    assert float(stop_objective(torch.stack([torch.zeros(3), torch.zeros(3)])).sum()) == 0.0

@@ -66,7 +66,7 @@ class QueryRollout:
     advantages: torch.Tensor | None = None  # (G, L)
     greedy_k: int = 0
     live: Scored | None = None  # the rollout's forward, with its graph: the first PPO epoch reuses it
-    stop_targets: torch.Tensor | None = None  # (G, L) 1 = stopping beat the continuation, 0 = it did not, nan = no label
+    stop_gains: torch.Tensor | None = None  # (G, L) Q(t) - Q(k): what stopping at t would have gained over going on; nan = no label
     weights: torch.Tensor | None = None  # (G,) 1 for a sample; min(pi/mu, c) for a logged production selection
 
 
@@ -275,7 +275,7 @@ class RRPOTrainer:
                 self._group_advantages(r)
             else:
                 self._reference_advantages(r)
-            r.stop_targets = self._stop_targets(r)
+            r.stop_gains = self._stop_gains(r)
         valid = torch.cat([r.advantages[r.mask] for r in rollouts]) if rollouts else torch.zeros(0)
         # Over the global batch (all ranks): each rank scaling by its own std would step
         # differently from one process over the same batch.
@@ -349,21 +349,21 @@ class RRPOTrainer:
                 base = [ret[t] if t < len(ret) else (pad if pad is not None else ret[-1]) for ret in others]
                 r.advantages[g, t] = own[t] - sum(base) / len(base)
 
-    def _stop_targets(self, r: QueryRollout) -> torch.Tensor | None:
-        """Labels for the STOP decision from the sample's own per-prefix curve: at every
-        step t where a sample went on (and STOP was allowed), stopping there would have
-        given Q(t); going on gave Q(k). Label 1 where stopping was at least as good.
-        Credit for stopping then depends on what the sample achieved, not on the
-        reference's curve."""
+    def _stop_gains(self, r: QueryRollout) -> torch.Tensor | None:
+        """What stopping would have gained, from the sample's own per-prefix curve: at
+        every step t where a sample went on (and STOP was allowed), stopping there would
+        have given Q(t); going on gave Q(k). The STOP objective (:func:`stop_objective`)
+        turns these into labels and weights. Credit for stopping then depends on what the
+        sample achieved, not on the reference's curve."""
         if self.config.reward_mode != "per_prefix" or self.config.stop_loss_weight == 0:
             return None
-        targets = torch.full_like(r.old_logp, float("nan"))
+        gains = torch.full_like(r.old_logp, float("nan"))
         for g, (sel, q) in enumerate(zip(r.selections, r.qualities)):
             if any(q.get(t) is None for t in range(sel.k + 1)):
                 continue
             for t in range(min(self.config.min_k, r.limit), sel.k):
-                targets[g, t] = 1.0 if q[t] >= q[sel.k] else 0.0
-        return targets
+                gains[g, t] = q[t] - q[sel.k]
+        return gains
 
     # ------------------------------------------------------------------ 4./5. loss and step
     def update(self, rollouts: list[QueryRollout]) -> dict[str, float]:
@@ -414,16 +414,15 @@ class RRPOTrainer:
             log_ratio_ref = r.ref_logp - new
             kl_terms.append(((torch.exp(log_ratio_ref) - log_ratio_ref - 1) * w)[mask])
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
-            if r.stop_targets is not None:
-                labelled = ~torch.isnan(r.stop_targets) & torch.isfinite(steps.stop_log_odds)
+            if r.stop_gains is not None:
+                labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(steps.stop_log_odds)
                 if bool(labelled.any()):
-                    stop_terms.append(torch.nn.functional.binary_cross_entropy_with_logits(
-                        steps.stop_log_odds[labelled], r.stop_targets[labelled], reduction="none"))
+                    stop_terms.append(torch.stack([steps.stop_log_odds[labelled], r.stop_gains[labelled]]))
         # Means over the global batch (common.global_mean), so ranks holding more steps
         # weigh as much as one process would give them; with one process, plain means.
         pg = common.global_mean(torch.cat(pg_terms), self.world)
         kl = common.global_mean(torch.cat(kl_terms), self.world)
-        stop = common.global_mean(torch.cat(stop_terms) if stop_terms else pg.new_zeros(0), self.world)
+        stop = common.global_mean(stop_objective(torch.cat(stop_terms, dim=1)) if stop_terms else pg.new_zeros(0), self.world)
         loss = pg + cfg.kl_beta * kl + cfg.stop_loss_weight * stop
         parts = {"kl": kl.detach(), "clip_frac": torch.cat(clipped).mean(), "stop_loss": stop.detach()}
         return loss, parts
@@ -572,6 +571,26 @@ def _check_examples(examples: Sequence[Example]) -> list[Example]:
             )
         first[ex.id] = i
     return examples
+
+
+def stop_objective(terms: torch.Tensor) -> torch.Tensor:
+    """Per-decision STOP losses from ``terms`` = [STOP log-odds; gain of stopping].
+
+    Binary cross-entropy with label "stopping was at least as good" (gain >= 0),
+    each decision weighted by |gain| (normalised to mean 1 over the batch). Unweighted,
+    the STOP head would learn how *often* stopping wins, and stop wherever most
+    continuations cost a little context, even where the rare one that finds the answer
+    is worth far more (measured: a real reader collapsed to k = 1). Weighted, the
+    optimum P(stop) = E[gain+] / E[|gain|] is above 1/2 exactly when the expected gain of
+    stopping is positive: the head stops when going on does not pay on average.
+    """
+    logits, gains = terms[0], terms[1].detach()
+    weights = gains.abs()
+    scale = weights.mean()
+    if float(scale) == 0.0:  # every continuation tied with stopping: nothing to learn
+        return logits.new_zeros(logits.shape)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, (gains >= 0).to(logits.dtype), reduction="none")
+    return loss * weights / scale
 
 
 def _as_float(s: Scored) -> Scored:
