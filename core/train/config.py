@@ -26,7 +26,7 @@ class RRPOConfig:
 
     reward: str = _f("gold_loglik", "reward name: gold_loglik, token_f1, exact_match, contains_answer, llm_judge, user_rating")
     reward_mode: str = _f("per_prefix", "per_prefix: the reader scores every prefix (dense credit); terminal: only the kept set")
-    context_cost: float = _f(1e-3, "lambda: reward cost per context word the reader sees (holds k down)")
+    context_cost: float = _f(3e-3, "lambda: reward cost per context word the reader sees (holds k down): at 3e-3 a 100-word passage must raise the gold answer's log-likelihood by 0.3 nats to be kept")
     group_size: int = _f(4, "G: rankings sampled per training query")
     min_k: int = _f(1, "fewest passages a selection keeps")
     max_k: int = _f(5, "most passages a selection keeps")
