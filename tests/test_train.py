@@ -85,7 +85,10 @@ def mean_greedy_k(rr: Reranker, examples: list[Example], max_k: int) -> float:
 def test_every_trainable_parameter_changes_and_the_reference_does_not(tiny_cross_encoder_dir, tmp_path):
     policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
     before = {k: v.clone() for k, v in policy.named_parameters()}
-    trainer = RRPOTrainer(policy, CountingReader(), make_examples(), config(tmp_path), reward=pays_for_x_first)
+    # A context cost makes every STOP decision matter (each passage after the first costs
+    # its words), so the STOP head has gains to fit; without one they would all tie.
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(), config(tmp_path, context_cost=0.01),
+                          reward=pays_for_x_first)  # fmt: skip
     ref_before = {k: v.clone() for k, v in trainer.reference.named_parameters()}
     row = trainer.train_step()
     unchanged = [k for k, v in policy.named_parameters() if v.requires_grad and torch.equal(v, before[k])]

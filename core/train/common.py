@@ -402,6 +402,20 @@ def global_mean(terms: torch.Tensor, world: int) -> torch.Tensor:
     return terms.sum() * (world / count.item())
 
 
+def global_average(values: torch.Tensor, world: int) -> float:
+    """The plain mean of ``values`` over all ranks (0.0 when no rank has any), no
+    gradient; every rank must call it. One rank alone: ``values.mean()``."""
+    v = values.detach().double()
+    if world <= 1:
+        return float(v.mean()) if v.numel() else 0.0
+    import torch.distributed as dist
+
+    stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum()])
+    dist.all_reduce(stats)
+    n, total = stats.tolist()
+    return total / n if n else 0.0
+
+
 def global_std(values: torch.Tensor, world: int) -> torch.Tensor | None:
     """The sample standard deviation of ``values`` over all ranks (None when fewer than 2
     values in all); every rank must call it. One rank alone: ``values.std()``."""

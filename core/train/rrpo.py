@@ -422,17 +422,22 @@ class RRPOTrainer:
         # weigh as much as one process would give them; with one process, plain means.
         pg = common.global_mean(torch.cat(pg_terms), self.world)
         kl = common.global_mean(torch.cat(kl_terms), self.world)
-        stop = common.global_mean(stop_objective(torch.cat(stop_terms, dim=1)) if stop_terms else pg.new_zeros(0), self.world)
+        stop_pairs = torch.cat(stop_terms, dim=1) if stop_terms else pg.new_zeros(2, 0)
+        # The weights' scale is the whole batch's mean |gain|, so ranks weigh alike.
+        stop_scale = common.global_average(stop_pairs[1].abs(), self.world)
+        stop = common.global_mean(stop_objective(stop_pairs, stop_scale), self.world)
         loss = pg + cfg.kl_beta * kl + cfg.stop_loss_weight * stop
         parts = {"kl": kl.detach(), "clip_frac": torch.cat(clipped).mean(), "stop_loss": stop.detach()}
         return loss, parts
 
     def _idle_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A rank with no usable sample: a zero loss, joining loss()'s three all-reduces
+        """A rank with no usable sample: a zero loss, joining loss()'s four all-reduces
         in the same order."""
         empty = torch.zeros(0, device=self.device)
-        for _ in range(3):  # pg, kl, stop
-            common.global_mean(empty, self.world)
+        common.global_mean(empty, self.world)  # pg
+        common.global_mean(empty, self.world)  # kl
+        common.global_average(empty, self.world)  # the STOP weights' scale
+        common.global_mean(empty, self.world)  # stop
         zero = torch.zeros((), device=self.device)
         return zero, {"kl": zero, "clip_frac": zero, "stop_loss": zero}
 
@@ -573,11 +578,12 @@ def _check_examples(examples: Sequence[Example]) -> list[Example]:
     return examples
 
 
-def stop_objective(terms: torch.Tensor) -> torch.Tensor:
+def stop_objective(terms: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Per-decision STOP losses from ``terms`` = [STOP log-odds; gain of stopping].
 
     Binary cross-entropy with label "stopping was at least as good" (gain >= 0),
-    each decision weighted by |gain| (normalised to mean 1 over the batch). Unweighted,
+    each decision weighted by |gain| / ``scale`` (default: the mean |gain| of ``terms``;
+    the trainer passes the whole batch's over all ranks), so weights average 1. Unweighted,
     the STOP head would learn how *often* stopping wins, and stop wherever most
     continuations cost a little context, even where the rare one that finds the answer
     is worth far more (measured: a real reader collapsed to k = 1). Weighted, the
@@ -586,9 +592,10 @@ def stop_objective(terms: torch.Tensor) -> torch.Tensor:
     """
     logits, gains = terms[0], terms[1].detach()
     weights = gains.abs()
-    scale = weights.mean()
-    if float(scale) == 0.0:  # every continuation tied with stopping: nothing to learn
-        return logits.new_zeros(logits.shape)
+    if scale is None:
+        scale = float(weights.mean()) if weights.numel() else 0.0
+    if scale == 0.0:  # every continuation tied with stopping: nothing to learn
+        return logits * 0.0
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, (gains >= 0).to(logits.dtype), reduction="none")
     return loss * weights / scale
 
