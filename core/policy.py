@@ -267,7 +267,7 @@ class Reranker(nn.Module):
 
     def _forward(self, input_ids: list[list[int]], types: list[list[int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """One padded batch through the scorer -> (scores (B,), pooled (B, H))."""
-        device = self.device
+        device = self.device  # the pooled row indices live beside the states
         inputs, mask_t = self._model_inputs(input_ids, types)
         if self.frozen_lower is not None:
             out = self.frozen_lower.forward(self.scorer, inputs, input_ids, types)

@@ -281,11 +281,11 @@ def test_stop_objective_stops_when_stopping_pays_on_average_not_when_it_wins_mos
 
     gains = torch.tensor([0.1] * 9 + [-2.0])  # gain of stopping = Q(t) - Q(k)
     logits = torch.zeros(10, requires_grad=True)
-    stop_objective(torch.stack([logits, gains])).mean().backward()
+    stop_objective(logits, gains).mean().backward()
     assert float(logits.grad.sum()) > 0  # descent lowers the STOP log-odds: go on
 
     logits = torch.zeros(10, requires_grad=True)
-    stop_objective(torch.stack([logits, torch.tensor([-0.01] * 9 + [2.0])])).mean().backward()  # rarely wins, by a lot
+    stop_objective(logits, torch.tensor([-0.01] * 9 + [2.0])).mean().backward()  # rarely wins, by a lot
     assert float(logits.grad.sum()) < 0
     # Ties carry no information and no loss.
-    assert float(stop_objective(torch.stack([torch.zeros(3), torch.zeros(3)])).sum()) == 0.0
+    assert float(stop_objective(torch.zeros(3), torch.zeros(3)).sum()) == 0.0

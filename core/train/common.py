@@ -402,17 +402,22 @@ def global_mean(terms: torch.Tensor, world: int) -> torch.Tensor:
     return terms.sum() * (world / count.item())
 
 
+def _global_moments(values: torch.Tensor, world: int) -> tuple[float, float, float]:
+    """(count, sum, sum of squares) of ``values`` over all ranks, in one all-reduce."""
+    v = values.detach().double()
+    stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), (v * v).sum()])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(stats)
+    n, total, squares = stats.tolist()
+    return n, total, squares
+
+
 def global_average(values: torch.Tensor, world: int) -> float:
     """The plain mean of ``values`` over all ranks (0.0 when no rank has any), no
-    gradient; every rank must call it. One rank alone: ``values.mean()``."""
-    v = values.detach().double()
-    if world <= 1:
-        return float(v.mean()) if v.numel() else 0.0
-    import torch.distributed as dist
-
-    stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum()])
-    dist.all_reduce(stats)
-    n, total = stats.tolist()
+    gradient; every rank must call it."""
+    n, total, _ = _global_moments(values, world)
     return total / n if n else 0.0
 
 
@@ -421,12 +426,7 @@ def global_std(values: torch.Tensor, world: int) -> torch.Tensor | None:
     values in all); every rank must call it. One rank alone: ``values.std()``."""
     if world <= 1:
         return values.std() if values.numel() > 1 else None
-    import torch.distributed as dist
-
-    v = values.detach().double()
-    stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), (v * v).sum()])
-    dist.all_reduce(stats)
-    n, total, squares = stats.tolist()
+    n, total, squares = _global_moments(values, world)
     if n < 2:
         return None
     return torch.tensor(math.sqrt(max(0.0, (squares - total * total / n) / (n - 1))), dtype=values.dtype, device=values.device)

@@ -400,7 +400,7 @@ class RRPOTrainer:
     def loss(self, rollouts: list[QueryRollout], scored: list[Scored]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO-clip + beta * KL to the reference + the STOP objective (weighted)."""
         cfg = self.config
-        pg_terms, kl_terms, clipped, stop_terms = [], [], [], []
+        pg_terms, kl_terms, clipped, stop_logits, stop_gains = [], [], [], [], []
         for r, s in zip(rollouts, scored):
             steps = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k)
             new, mask = steps.values, r.mask
@@ -417,15 +417,17 @@ class RRPOTrainer:
             if r.stop_gains is not None:
                 labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(steps.stop_log_odds)
                 if bool(labelled.any()):
-                    stop_terms.append(torch.stack([steps.stop_log_odds[labelled], r.stop_gains[labelled]]))
+                    stop_logits.append(steps.stop_log_odds[labelled])
+                    stop_gains.append(r.stop_gains[labelled])
         # Means over the global batch (common.global_mean), so ranks holding more steps
         # weigh as much as one process would give them; with one process, plain means.
         pg = common.global_mean(torch.cat(pg_terms), self.world)
         kl = common.global_mean(torch.cat(kl_terms), self.world)
-        stop_pairs = torch.cat(stop_terms, dim=1) if stop_terms else pg.new_zeros(2, 0)
+        logits = torch.cat(stop_logits) if stop_logits else pg.new_zeros(0)
+        gains = torch.cat(stop_gains) if stop_gains else pg.new_zeros(0)
         # The weights' scale is the whole batch's mean |gain|, so ranks weigh alike.
-        stop_scale = common.global_average(stop_pairs[1].abs(), self.world)
-        stop = common.global_mean(stop_objective(stop_pairs, stop_scale), self.world)
+        scale = common.global_average(gains.abs(), self.world)
+        stop = common.global_mean(stop_objective(logits, gains, scale), self.world)
         loss = pg + cfg.kl_beta * kl + cfg.stop_loss_weight * stop
         parts = {"kl": kl.detach(), "clip_frac": torch.cat(clipped).mean(), "stop_loss": stop.detach()}
         return loss, parts
@@ -578,11 +580,11 @@ def _check_examples(examples: Sequence[Example]) -> list[Example]:
     return examples
 
 
-def stop_objective(terms: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Per-decision STOP losses from ``terms`` = [STOP log-odds; gain of stopping].
+def stop_objective(logits: torch.Tensor, gains: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Per-decision STOP losses from the STOP log-odds and the gain of stopping.
 
     Binary cross-entropy with label "stopping was at least as good" (gain >= 0),
-    each decision weighted by |gain| / ``scale`` (default: the mean |gain| of ``terms``;
+    each decision weighted by |gain| / ``scale`` (default: the mean |gain| here;
     the trainer passes the whole batch's over all ranks), so weights average 1. Unweighted,
     the STOP head would learn how *often* stopping wins, and stop wherever most
     continuations cost a little context, even where the rare one that finds the answer
@@ -590,7 +592,7 @@ def stop_objective(terms: torch.Tensor, scale: float | None = None) -> torch.Ten
     optimum P(stop) = E[gain+] / E[|gain|] is above 1/2 exactly when the expected gain of
     stopping is positive: the head stops when going on does not pay on average.
     """
-    logits, gains = terms[0], terms[1].detach()
+    gains = gains.detach()
     weights = gains.abs()
     if scale is None:
         scale = float(weights.mean()) if weights.numel() else 0.0
