@@ -226,7 +226,14 @@ def main(argv=None) -> int:
     say(quality_table(rows[-1:], hotpot, squad))  # each row as it is done: a long run can die
     bi = load(args, None)
     assert bi.is_bi_encoder, "--model must be a plain encoder (no classification head)"
-    rows.append(reranker_row("bi-encoder, zero-shot (the new default)", bi, hotpot, squad, lat))
+    weight = bi.scorer.lexical_weight.item()
+    with torch.no_grad():
+        bi.scorer.lexical_weight.zero_()
+    rows.append(reranker_row("bi-encoder, zero-shot, cosine alone (lexical_weight 0)", bi, hotpot, squad, lat))
+    say(quality_table(rows[-1:], hotpot, squad))
+    with torch.no_grad():
+        bi.scorer.lexical_weight.fill_(weight)
+    rows.append(reranker_row(f"bi-encoder, zero-shot (the default: cosine + {weight:g} x z(BM25))", bi, hotpot, squad, lat))
     say(quality_table(rows[-1:], hotpot, squad))
     with tempfile.TemporaryDirectory(prefix="rrpo-biencoder-sft-") as tmp:
         for name, model, n in (("bi-encoder", bi, args.sft_questions), ("cross-encoder", ce, args.cross_sft_questions)):

@@ -8,12 +8,14 @@ test is about it.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from rrpo import Candidate, Example, Reranker
 from rrpo.bi_encoder import HEAD_FILE, PASSAGE_DIR, pool
+from rrpo.lexical import bm25_scores, standardised, words
 from rrpo.train import RRPOConfig, RRPOTrainer, SFTConfig, SFTTrainer
 
 QUERY = "Which river runs through Karsk?"
@@ -72,16 +74,61 @@ def reference_embeddings(directory, texts: list[str]) -> torch.Tensor:
 # ---------------------------------------------------------------- loading and scoring
 def test_a_plain_encoder_loads_as_a_bi_encoder_whose_scores_are_scale_times_cosine(bi, tiny_encoder_dir):
     assert bi.is_bi_encoder and bi.settings.scoring == "bi_encoder" and bi.settings.pooling == "mean"
-    assert bi.fresh_parameters == {"scorer.logit_scale", "scorer.bias"}
+    assert bi.fresh_parameters == {"scorer.logit_scale", "scorer.bias", "scorer.lexical_weight"}
     assert bi.scorer.logit_scale.item() == pytest.approx(20.0)
+    assert bi.scorer.lexical_weight.item() == pytest.approx(1.0)
     with torch.no_grad():
         scored = bi.score_pairs([QUERY], [[Candidate(str(i), t) for i, t in enumerate(TEXTS)]])[0]
     emb = reference_embeddings(tiny_encoder_dir, [QUERY, *TEXTS])
     q, p = emb[0], emb[1:]
     scale, bias = bi.scorer.logit_scale.item(), bi.scorer.bias.item()
-    assert scored.scores.tolist() == pytest.approx((scale * (p @ q) + bias).tolist(), abs=1e-4)
+    lexical = torch.tensor(standardised(bm25_scores(QUERY, TEXTS)))
+    assert scored.scores.tolist() == pytest.approx((scale * (p @ q) + bias + lexical).tolist(), abs=1e-4)
     # The STOP head's state: the elementwise product, times the width (sums to H * cos).
     assert torch.allclose(scored.hidden, 32 * p * q, atol=1e-5)
+
+
+def test_bm25_over_the_candidates_matches_a_hand_computation():
+    assert words("The Rhine, in 1815: a river!") == ["rhine", "1815", "river"]  # stopwords and 1-letter words out
+    texts = ["rhine river rhine", "danube river", "nothing here"]
+    # idf over these 3 texts: rhine (df 1) log(1 + 2.5/1.5), river (df 2) log(1 + 1.5/2.5)
+    idf_rhine, idf_river = math.log(1 + 2.5 / 1.5), math.log(1 + 1.5 / 2.5)
+    average = (3 + 2 + 2) / 3
+
+    def term(tf, length, idf):
+        return idf * tf * 2.5 / (tf + 1.5 * (0.25 + 0.75 * length / average))
+
+    expected = [term(2, 3, idf_rhine) + term(1, 3, idf_river), term(1, 2, idf_river), 0.0]
+    assert bm25_scores("the Rhine river", texts) == pytest.approx(expected)
+    assert standardised([2.0, 2.0]) == [0.0, 0.0]  # no spread, no feature
+    z = standardised(expected)
+    assert sum(z) == pytest.approx(0.0, abs=1e-9) and sum(v * v for v in z) / 3 == pytest.approx(1.0)
+
+
+def test_the_lexical_feature_lifts_an_exact_match_and_an_old_head_file_scores_as_before(bi, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cands = [Candidate("a", "The Vessa flows past the old mill."), Candidate("b", "Karsk lies on the Vessa river.")]
+    weight = bi.scorer.lexical_weight.item()
+    with torch.no_grad():
+        bi.scorer.lexical_weight.zero_()
+        base = bi.score_pairs([QUERY], [cands])[0].scores
+        bi.scorer.lexical_weight.fill_(3.0)
+        lifted = bi.score_pairs([QUERY], [cands])[0].scores
+    # "Karsk" and "river" are the query's words in passage b only: its score rises against a's
+    assert float(lifted[1] - lifted[0]) == pytest.approx(float(base[1] - base[0]) + 2 * 3.0, abs=1e-4)  # z = -1, +1
+    # A directory saved before the weight existed: its head file has scale and bias only.
+    bi.save_pretrained(tmp_path / "old")
+    head = load_file(str(tmp_path / "old" / HEAD_FILE))
+    save_file({k: v for k, v in head.items() if k != "lexical_weight"}, str(tmp_path / "old" / HEAD_FILE))
+    old = Reranker.from_pretrained(tmp_path / "old", device="cpu")
+    assert old.scorer.lexical_weight.item() == 0.0
+    with torch.no_grad():
+        again = old.score_pairs([QUERY], [cands])[0].scores
+        bi.scorer.lexical_weight.zero_()
+        cosine_only = bi.score_pairs([QUERY], [cands])[0].scores
+        bi.scorer.lexical_weight.fill_(weight)  # the fixture is shared with later tests
+    assert again.tolist() == pytest.approx(cosine_only.tolist(), abs=1e-5)
 
 
 def test_pooling_modes():
@@ -105,6 +152,7 @@ def test_a_cross_encoder_checkpoint_stays_a_cross_encoder(tiny_cross_encoder_dir
 def test_save_and_load_keep_the_mode_scores_and_towers(bi, tmp_path):
     with torch.no_grad():
         bi.scorer.logit_scale.fill_(13.0)
+        bi.scorer.lexical_weight.fill_(0.7)
         bi.stop_head.out.weight.normal_(0, 0.5)
     before = bi.rerank(QUERY, TEXTS)
     bi.save_pretrained(tmp_path / "m")
@@ -115,6 +163,7 @@ def test_save_and_load_keep_the_mode_scores_and_towers(bi, tmp_path):
     loaded = Reranker.from_pretrained(tmp_path / "m", device="cpu")
     assert loaded.is_bi_encoder and loaded.fresh_parameters == set()
     assert loaded.scorer.logit_scale.item() == pytest.approx(13.0)
+    assert loaded.scorer.lexical_weight.item() == pytest.approx(0.7)
     after = loaded.rerank(QUERY, TEXTS)
     assert after.scores == pytest.approx(before.scores, abs=1e-5) and (after.order, after.k) == (before.order, before.k)
 
@@ -162,10 +211,15 @@ def test_embeddings_from_the_vector_store_are_used_when_asked(bi, tiny_encoder_d
     wrong_width = Candidate("w", TEXTS[1], metadata={"embedding": [1.0, 2.0]})
     bi.settings.use_candidate_embeddings = True
     bi.scorer.configure(bi.tokenizer, bi.pairs.max_length, bi.settings)
+    weight = bi.scorer.lexical_weight.item()
+    with torch.no_grad():
+        bi.scorer.lexical_weight.zero_()  # the cosine alone: the BM25 feature depends on the other candidates
     scores = bi.score(QUERY, [stored, wrong_width])
     scale, bias = bi.scorer.logit_scale.item(), bi.scorer.bias.item()
     assert scores[0] == pytest.approx(scale * float(emb[1] @ emb[0]) + bias, abs=1e-4)  # normalised, not recomputed
     assert scores[1] == pytest.approx(bi.score(QUERY, [TEXTS[1]])[0], abs=1e-5)  # wrong width: embedded here
+    with torch.no_grad():
+        bi.scorer.lexical_weight.fill_(weight)
 
 
 # ---------------------------------------------------------------- decisions
@@ -284,6 +338,8 @@ def test_an_sft_step_trains_the_query_tower_only_unless_both_are_asked(tiny_enco
 
 def test_sft_moves_the_gold_passage_up(tiny_encoder_dir, tmp_path):
     rr = Reranker.from_pretrained(tiny_encoder_dir, device="cpu")
+    with torch.no_grad():  # these questions share words with their gold passage: BM25 alone gets it right
+        rr.scorer.lexical_weight.zero_()
     data = examples(4)
 
     def p_gold() -> float:
