@@ -19,6 +19,12 @@ benchmarks/RESULTS.md`` appends it with the command, machine and date. Example::
     python benchmarks/readers.py                 # CPU (+ CUDA if present); n=100 with CUDA, else 30
     python benchmarks/readers.py --devices cpu --n 30 --prompts 16
     python benchmarks/readers.py --devices cpu --n 0 --prompts 16 --prefix-questions 6
+    python benchmarks/readers.py --devices cpu --n 0 --prompts 16 --prefix-questions 0 --cpu-bf16 6
+
+``--cpu-bf16 N``: the same per-prefix workload on N questions with the CPU reader in fp32
+(the default) and in bf16, side by side: likelihoods/s, and how far bf16 moves the
+reward (max and mean |diff|; the share of same-question row pairs whose order it keeps,
+over pairs that differ by more than 0.05 nats in fp32).
 """
 
 from __future__ import annotations
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="questions for the prefix-sharing side by side (0: skip it)")
     parser.add_argument("--samples", type=int, default=4, help="sampled rankings per question (G)")
     parser.add_argument("--max-k", type=int, default=5, help="longest sampled ranking")
+    parser.add_argument("--cpu-bf16", type=int, default=0, metavar="N",
+                        help="compare the CPU reader in bf16 against fp32 on N questions' per-prefix rows")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--prefix-threads", default=None,
                         help="comma list of CPU thread counts for the prefix-sharing side by side (default: --threads)")
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> str:
         print(lines[-1], flush=True)
     if args.prefix_questions > 0:
         lines += prefix_sharing_section(args, devices)
+    if args.cpu_bf16 > 0:
+        lines += cpu_bf16_section(args)
     if args.n > 0 and reader is not None:  # the last device is the fastest one
         start = time.perf_counter()
         share, gold, distractor = gold_pair_preference(reader, rows[: args.n], args.max_words)
@@ -242,6 +252,41 @@ def prefix_sharing_section(args: argparse.Namespace, devices: list[str]) -> list
             lines += rows
     torch.set_num_threads(default_threads)
     return lines
+
+
+def cpu_bf16_section(args: argparse.Namespace) -> list[str]:
+    examples = [e for e in load_examples(args.data, limit=4 * args.cpu_bf16) if e.answers]
+    groups = prefix_workload(examples[: args.cpu_bf16], args.samples, args.max_k, args.max_words)
+    readers = {
+        dtype: LocalReader(args.model, device="cpu", batch_size=args.batch_size, dtype=dtype,
+                           max_new_tokens=args.max_new_tokens, progress=False)
+        for dtype in ("float32", "bfloat16")
+    }
+    m = prefix_sharing_side_by_side(readers, groups)
+    fp32, bf16 = m["float32"]["values"], m["bfloat16"]["values"]
+    diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
+    kept = total = 0
+    start = 0
+    for prompts, _ in groups:  # row pairs of the same question: what a group baseline compares
+        a, b = fp32[start : start + len(prompts)], bf16[start : start + len(prompts)]
+        start += len(prompts)
+        for i in range(len(a)):
+            for j in range(i + 1, len(a)):
+                if abs(a[i] - a[j]) > 0.05:
+                    total += 1
+                    kept += (a[i] - a[j]) * (b[i] - b[j]) > 0
+    rate = {name: r["rows"] / r["seconds"] for name, r in m.items()}
+    return [
+        "",
+        f"The CPU reader in bf16 against fp32 (both with prefix sharing) on the per-prefix reward workload of "
+        f"{len(groups)} dev questions ({len(fp32)} likelihoods, one call per question, alternating which goes first):",
+        "",
+        "| dtype | likelihoods/s | speed-up | max abs diff | mean abs diff | same-question order kept |",
+        "|---|---|---|---|---|---|",
+        f"| float32 | {rate['float32']:.2f} | 1.00x | - | - | - |",
+        f"| bfloat16 | {rate['bfloat16']:.2f} | {rate['bfloat16'] / rate['float32']:.2f}x | {max(diffs):.3f} | "
+        f"{sum(diffs) / len(diffs):.3f} | {kept / max(1, total):.1%} of {total} pairs |",
+    ]
 
 
 if __name__ == "__main__":

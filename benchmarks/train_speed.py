@@ -16,6 +16,11 @@ The older side is a git worktree: ``git worktree add /tmp/rrpo-old d82dc3e``; it
 
     python benchmarks/train_speed.py --old-tree /tmp/rrpo-old --results benchmarks/RESULTS.md
     python benchmarks/train_speed.py --sides new --steps 1          # this checkout only
+    python benchmarks/train_speed.py --sides new,bf16,old --old-tree /tmp/rrpo-old
+
+Side ``bf16`` is this checkout with the reader loaded in bf16 (``LocalReader(dtype=
+"bfloat16")``) and the policy under bf16 autocast (``RRPOConfig(bf16=True)``): an option,
+not the CPU default; worth it on CPUs with bf16 matrix units (AMX, AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def _config(args: argparse.Namespace, out_dir: str) -> Any:
         queries_per_step=args.queries, max_steps=args.steps + 1, warmup_steps=0, checkpoint_every=0,
         progress=False, device="cpu", out_dir=out_dir, seed=args.seed, overwrite=True,
     )  # fmt: skip
+    if args.bf16:
+        wanted["bf16"] = True
     known = {f.name for f in fields(RRPOConfig)}  # the older rrpo has fewer fields (no overwrite)
     return RRPOConfig(**{k: v for k, v in wanted.items() if k in known})
 
@@ -106,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.manual_seed(args.seed)
     examples = load_examples(shared_data_dir() / TRAIN_DATA, limit=args.queries * (args.steps + 1))
-    reader = LocalReader(args.reader, device="cpu", progress=False)
+    reader = LocalReader(args.reader, device="cpu", progress=False, **({"dtype": "bfloat16"} if args.bf16 else {}))
     meter = ReaderMeter(reader)
     with tempfile.TemporaryDirectory(prefix="rrpo-train-speed-") as out_dir:
         trainer = RRPOTrainer(_policy(args), reader, examples, _config(args, out_dir))
@@ -165,6 +172,8 @@ class Side:
     def __init__(self, name: str, args: argparse.Namespace, scratch: Path):
         self.name = name
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *_workload_flags(args)]
+        if name == "bf16":
+            cmd.append("--bf16")
         print(f"[{name}] starting: {' '.join(cmd)}", flush=True)
         # From a folder without an rrpo in it, so the old side cannot import this checkout.
         self.proc = subprocess.Popen(cmd, env=_env_for(name, args.old_tree, scratch), cwd=scratch,
@@ -214,13 +223,16 @@ def _workload_flags(args: argparse.Namespace) -> list[str]:
             "--max-k", str(args.max_k), "--seed", str(args.seed), "--model", args.model, "--reader", args.reader]  # fmt: skip
 
 
+SIDE_LABELS = {"new": "this checkout (defaults)", "bf16": "this checkout, reader and policy in bf16"}
+
+
 def table(results: dict[str, dict[str, Any]], old_label: str) -> str:
     header = ["rrpo", "queries/s", "s/step", "speed-up", "reader calls/query", "reader tokens/query",
               "cache hit rate", "reader s/query", "policy s/query", "mean reward"]  # fmt: skip
     base = results.get("old", {}).get("queries_per_s")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for side, r in results.items():
-        name = "this checkout (defaults)" if side == "new" else f"{old_label} (today's path)"
+        name = SIDE_LABELS.get(side) or f"{old_label} (today's path)"
         cells = [
             name, f"{r['queries_per_s']:.3f}", f"{r['seconds'] / r['steps']:.1f}",
             f"{r['queries_per_s'] / base:.2f}x" if base else "-", f"{r['reader_calls_per_query']:.1f}",
@@ -242,7 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old-tree", type=Path, default=None, help="checkout of the older rrpo (a git worktree)")
     p.add_argument("--old-label", default="d82dc3e", help="how the older side is named in the table")
-    p.add_argument("--sides", default="new,old", help="new, old or both (default: new,old)")
+    p.add_argument("--sides", default="new,old", help="comma list of new, bf16, old (default: new,old)")
     p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step (default: 2)")
     p.add_argument("--queries", type=int, default=8, help="training queries per step (default: 8)")
     p.add_argument("--group-size", type=int, default=4)
@@ -253,7 +265,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=None, help="append the table to this Markdown file")
     p.add_argument("--notes", default="", help="extra notes for the results section")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run one side
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # internal: the bf16 side's worker
     args = p.parse_args(argv)
+    unknown = {s.strip() for s in args.sides.split(",") if s.strip()} - {"new", "bf16", "old"}
+    if unknown:
+        p.error(f"--sides: unknown side(s) {', '.join(sorted(unknown))}; choose from new, bf16, old")
     for name in ("steps", "queries", "group_size", "max_k"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")

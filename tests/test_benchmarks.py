@@ -168,3 +168,26 @@ def test_score_check_refuses_to_time_different_models(tiny_cross_encoder_dir, tm
     workload = speed.Workload(["who wrote the book about the river"], ["one two three four five six"] * 3, speed.random.Random(0))
     with pytest.raises(SystemExit, match="do not compute the same model"):
         speed.check_same_scores(same, speed.load_peer(other, 64, "cpu"), workload, "cpu", 64)
+
+
+def test_quality_cpu_size_evaluates_dev_questions_after_the_ones_reported_before(shared_data_dir):
+    quality = _load("quality")
+    size = quality.budget(quality.parse_args(["--size", "cpu"]))
+    split = quality.load_hotpotqa(shared_data_dir, size)
+    from rrpo.data import load_examples
+
+    first = load_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", limit=size.eval_start + 1)
+    assert [ex.id for ex in split.dev[:1]] == [first[size.eval_start].id]
+    assert len(split.dev) == size.eval == 300
+    assert len(split.train) >= max(size.sft_train, size.rrpo_train)
+    # an offset past the file is refused with the file's length, not an empty evaluation
+    beyond = quality.budget(quality.parse_args(["--size", "cpu", "--eval-start", "100000"]))
+    with pytest.raises(SystemExit, match="has only"):
+        quality.load_hotpotqa(shared_data_dir, beyond)
+
+
+def test_train_speed_refuses_an_unknown_side():
+    train_speed = _load("train_speed")
+    assert train_speed.parse_args(["--sides", "new,bf16,old"]).sides == "new,bf16,old"
+    with pytest.raises(SystemExit):
+        train_speed.parse_args(["--sides", "new,fp8"])
