@@ -6,7 +6,6 @@ greedy order on 300 *train* questions neither model trained on (train[768:1068])
 
     python benchmarks/rate_probe.py bench-out/quality-cpu3/hotpotqa/sft/model   # ~15 min on 2 cores"""
 import json, sys, time
-import torch
 from rrpo import Reranker
 from rrpo.data import load_examples, shared_data_dir
 from rrpo.evaluate import gold_recall

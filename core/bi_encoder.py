@@ -271,13 +271,15 @@ class BiEncoder(nn.Module):
         p = self.passage_embeddings(flat, batch_size)
         scale, bias, lexical = self.logit_scale.float(), self.bias.float(), self.lexical_weight.float()
         width = float(self.config.hidden_size)
+        # w = 0 (a model saved before the feature) skips BM25 unless w is training; read
+        # once per call, not per query (on a GPU each read is a sync)
+        use_lexical = float(lexical.detach()) != 0.0 or (torch.is_grad_enabled() and lexical.requires_grad)
         out, start = [], 0
         for qi, keys in enumerate(passages):
             rows = p[start : start + len(keys)]
             start += len(keys)
             scores = scale * (rows @ q[qi]) + bias
-            # w = 0 (a model saved before the feature) skips BM25 unless w is training
-            if float(lexical.detach()) != 0.0 or (torch.is_grad_enabled() and lexical.requires_grad):
+            if use_lexical:
                 scores = scores + lexical * self.lexical_features(queries[qi], keys, scores.device)
             out.append((scores, width * rows * q[qi]))
         return out

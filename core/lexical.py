@@ -15,6 +15,7 @@ dependency, and the score only says which of *these* passages match the query's 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -32,9 +33,16 @@ def words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
 
 
+@functools.lru_cache(maxsize=65536)
+def _word_counts(text: str) -> Counter:
+    """A passage's word counts, kept: the same passages are scored again in every
+    rollout and PPO epoch (callers only read them)."""
+    return Counter(words(text))
+
+
 def bm25_scores(query: str, texts: Sequence[str], k1: float = 1.5, b: float = 0.75) -> list[float]:
     """BM25 of each text for ``query``, document frequencies over ``texts`` alone."""
-    docs = [Counter(words(t)) for t in texts]
+    docs = [_word_counts(t) for t in texts]
     if not docs:
         return []
     lengths = [sum(d.values()) for d in docs]
