@@ -44,6 +44,7 @@ class RRPOConfig:
     head_lr: float = _f(5e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
     stop_head_lr: float = _f(1e-2, "AdamW learning rate of the STOP head (small, so larger)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
+    max_step_kl: float = _f(0.05, "trust region: one optimizer step may move the policy by at most this KL (over the batch's sampled steps); a longer step is shortened along its direction (0 = off)")
     warmup_steps: int = _f(5, "linear warm-up steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     max_words: int = _f(120, "words of each passage the reader sees")
@@ -62,7 +63,7 @@ class RRPOConfig:
     def validate(self) -> "RRPOConfig":
         _positive(self, "group_size", "queries_per_step", "max_steps", "ppo_epochs", "max_k", "max_words")
         _non_negative(self, "min_k", "context_cost", "kl_beta", "warmup_steps", "checkpoint_every", "stop_loss_weight",
-                      "train_top_layers", "importance_clip")  # fmt: skip
+                      "train_top_layers", "importance_clip", "max_step_kl")  # fmt: skip
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         _choice(self, "reward_mode", {"per_prefix", "terminal"})
