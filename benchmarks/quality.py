@@ -165,27 +165,18 @@ def train_rrpo(start: str | Path, reader, examples: list, size: Size, device: st
         max_words=max_words, device=device, out_dir=str(out), seed=0, overwrite=True,  # re-runs start over
     )
     trainer = RRPOTrainer(policy, reader, examples[: size.rrpo_train], config)
-    if deadline is None:
-        return trainer.train(), config.max_steps  # saved to out/model
-    from tqdm.auto import tqdm
+    trainer.train(deadline=deadline)  # saved to out/model
+    return trainer.policy, trainer.step, validation_line(trainer)
 
-    (out).mkdir(parents=True, exist_ok=True)
-    trainer._write_config()
-    step_times: list[float] = []
-    with tqdm(total=config.max_steps, desc="rrpo") as bar:
-        while trainer.step < config.max_steps:
-            typical = max(step_times[-3:]) if step_times else 0.0
-            if time.time() + typical > deadline:
-                print(f"rrpo: stopping after {trainer.step} of {config.max_steps} steps (time budget)", flush=True)
-                break
-            begin = time.time()
-            row = trainer.train_step()
-            step_times.append(time.time() - begin)
-            bar.update(1)
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", k=f"{row['mean_k']:.2f}", s=f"{step_times[-1]:.0f}")
-    trainer.save_final()
-    trainer.policy.release_frozen_layers()
-    return trainer.policy, trainer.step
+
+def validation_line(trainer) -> str:
+    """What the held-out training questions said (RRPOConfig.validation_queries)."""
+    if not trainer.validation or trainer.best is None:
+        return "No training questions held out for validation."
+    curve = ", ".join(f"{v['step']}: {v['reward']:.3f}" for v in trainer.validations)
+    return (f"{len(trainer.validation)} of the RRPO training questions held out to validate (never trained on); "
+            f"greedy reward (log-lik minus context cost) by step: {curve}; the saved RRPO model is step "
+            f"{trainer.best['step']}'s.")
 
 
 # ------------------------------------------------------------ evaluation ---
@@ -307,7 +298,7 @@ def run_dataset(split: Split, args, size: Size, reader) -> str:
     if finish is not None:
         rrpo_deadline = time.time() + (1 - getattr(args, "eval_share", 0.45)) * max(0.0, finish - time.time())
     start = time.perf_counter()
-    rrpo, rrpo_steps = train_rrpo(sft_dir, reader, split.train, size, args.device, out / "rrpo",
+    rrpo, rrpo_steps, validated = train_rrpo(sft_dir, reader, split.train, size, args.device, out / "rrpo",
                                   args.max_words, rrpo_deadline)
     times["rrpo_train_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -334,7 +325,7 @@ def run_dataset(split: Split, args, size: Size, reader) -> str:
            f"of the dev file (planned {size.eval or len(split.dev)}).")
     curves = (f"Curves: SFT `{out / 'sft' / 'curves.png'}`, RRPO `{out / 'rrpo' / 'curves.png'}` "
               f"(metrics in `{out / 'rrpo' / 'metrics.jsonl'}`), evaluation `{out / 'eval.png'}`.")
-    return (f"## {split.name}\n\n{split.description}\n\n{ran}\n\n{table}\nTargets:\n\n{targets}\n\n"
+    return (f"## {split.name}\n\n{split.description}\n\n{ran}\n\n{validated}\n\n{table}\nTargets:\n\n{targets}\n\n"
             f"Times (s): {timing}\n\n{curves}\n")
 
 

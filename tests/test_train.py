@@ -99,6 +99,106 @@ def test_every_trainable_parameter_changes_and_the_reference_does_not(tiny_cross
         assert key in row
 
 
+def test_trust_region_shortens_a_step_that_moves_the_policy_too_far(tiny_cross_encoder_dir, tmp_path):
+    """The same batch and gradient, once without the bound and once with it: the bounded
+    step is the free one times sqrt(max_step_kl / its KL), along the same direction."""
+    moved, rows = {}, {}
+    for bound in (0.0, 0.01):
+        policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+        start = {k: v.clone() for k, v in policy.named_parameters() if v.requires_grad}
+        cfg = config(tmp_path / str(bound), learning_rate=0.05, stop_head_lr=0.05, ppo_epochs=1, max_step_kl=bound)
+        rows[bound] = RRPOTrainer(policy, CountingReader(), make_examples(), cfg, reward=pays_for_x_first).train_step()
+        moved[bound] = torch.cat([(v - start[k]).flatten() for k, v in policy.named_parameters() if v.requires_grad])
+    row = rows[0.01]
+    assert "step_kl" not in rows[0.0]
+    assert row["step_kl"] > 0.01, row  # the free step went further than the bound
+    assert row["trust_scale"] == pytest.approx((0.01 / row["step_kl"]) ** 0.5)
+    assert torch.allclose(moved[0.01], row["trust_scale"] * moved[0.0], atol=1e-6)
+
+
+def test_trust_region_leaves_a_short_step_alone(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    cfg = config(tmp_path, learning_rate=1e-6, stop_head_lr=1e-6, max_step_kl=0.05)
+    row = RRPOTrainer(policy, CountingReader(), make_examples(), cfg, reward=pays_for_x_first).train_step()
+    assert 0 <= row["step_kl"] < 0.05 and row["trust_scale"] == 1.0
+
+
+def test_hold_out_draws_validation_queries_only_from_enough_data():
+    from rrpo.train.rrpo import hold_out
+
+    few = make_examples(7)
+    assert hold_out(few, 2, seed=0) == (few, [])  # fewer than 4x: all train
+    many = make_examples(8)
+    train, validation = hold_out(many, 2, seed=0)
+    assert len(validation) == 2 and len(train) == 6
+    assert {ex.id for ex in train}.isdisjoint(ex.id for ex in validation)
+    assert hold_out(many, 2, seed=0) == (train, validation)  # seeded
+    assert hold_out(many, 0, seed=0) == (many, [])
+
+
+def _pays_on_validation_only(validation_ids):
+    """X first pays on the held-out queries, X not first on the training ones: training
+    then makes the validated reward worse."""
+    def reward(*, queries, contexts, **_):
+        out = []
+        for q, ctx in zip(queries, contexts):
+            first = bool(ctx) and ctx[0].id == "X"
+            out.append(float(first) if q in validation_ids else float(not first))
+        return out
+    return reward
+
+
+def test_the_saved_model_is_the_best_validated_one_the_start_included(tiny_cross_encoder_dir, tmp_path):
+    from rrpo.train.rrpo import hold_out
+
+    examples = make_examples(8)
+    _, validation = hold_out(examples, 2, seed=0)
+    held_queries = {ex.query for ex in validation}
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    start = {k: v.clone() for k, v in policy.named_parameters()}
+    cfg = config(tmp_path, max_steps=6, validation_queries=2, validate_every=3)
+    trainer = RRPOTrainer(policy, CountingReader(), examples, cfg, reward=_pays_on_validation_only(held_queries))
+    assert [ex.id for ex in trainer.validation] == [ex.id for ex in validation]
+    trained = trainer.train()
+    assert [v["step"] for v in trainer.validations] == [0, 3, 6]
+    rewards = [v["reward"] for v in trainer.validations]
+    assert rewards[-1] < rewards[0], rewards  # training hurt the held-out queries...
+    assert trainer.best["step"] == 0  # ...so the start is what is kept
+    saved = Reranker.from_pretrained(str(tmp_path / "run" / "model"), device="cpu")
+    for name, p in saved.named_parameters():
+        assert torch.allclose(p, start[name], atol=1e-6), name
+    assert all(torch.equal(p, start[n]) for n, p in trained.named_parameters())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_reward" in r] == [3, 6]
+    record = json.loads((tmp_path / "run" / "validation.json").read_text())
+    assert record["best_step"] == 0 and set(record["queries"]) == {ex.id for ex in validation}
+
+
+def test_validation_keeps_the_trained_model_when_training_helps(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    cfg = config(tmp_path, max_steps=8, validation_queries=2, validate_every=4, context_cost=0.02)
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(8), cfg, reward=flat_reward)
+    start = mean_greedy_k(policy, trainer.validation, 4)
+    trainer.train()
+    assert trainer.best["step"] > 0 and trainer.best["reward"] > trainer.validations[0]["reward"]
+    assert mean_greedy_k(policy, trainer.validation, 4) < start  # the kept parameters are the trained ones
+
+
+def test_a_resumed_run_keeps_its_best_validated_parameters(tiny_cross_encoder_dir, tmp_path):
+    examples = make_examples(8)
+    cfg = config(tmp_path, max_steps=3, validation_queries=2, validate_every=3, checkpoint_every=1)
+    first = RRPOTrainer(Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu"), CountingReader(), examples,
+                        cfg, reward=pays_for_x_first)  # fmt: skip
+    first.validate()
+    first.train_step()
+    first.save_checkpoint()
+    again = RRPOTrainer(Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu"), CountingReader(), examples,
+                        cfg, reward=pays_for_x_first, resume=True)  # fmt: skip
+    assert again.step == 1 and again.best["step"] == first.best["step"] == 0
+    assert again.validations == first.validations
+    assert all(torch.equal(again.best["params"][n], p) for n, p in first.best["params"].items())
+
+
 def test_reward_for_x_first_raises_its_probability(tiny_cross_encoder_dir, tmp_path):
     policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
     examples = make_examples(6)
@@ -189,7 +289,8 @@ def test_resume_after_a_kill_reaches_the_same_parameters(tiny_cross_encoder_dir,
 @pytest.mark.parametrize(
     "overrides, field",
     [({"group_size": 0}, "group_size"), ({"min_k": 4, "max_k": 2}, "min_k"), ({"reward_mode": "x"}, "reward_mode"),
-     ({"baseline": "group", "group_size": 1}, "group_size")],  # fmt: skip
+     ({"baseline": "group", "group_size": 1}, "group_size"), ({"max_step_kl": -0.1}, "max_step_kl"),
+     ({"validate_every": 0}, "validate_every")],  # fmt: skip
 )
 def test_bad_config_fails_before_any_work(overrides, field, tmp_path):
     with pytest.raises(ValueError, match=field):
