@@ -184,6 +184,21 @@ def test_validation_keeps_the_trained_model_when_training_helps(tiny_cross_encod
     assert mean_greedy_k(policy, trainer.validation, 4) < start  # the kept parameters are the trained ones
 
 
+def test_validation_without_an_applicable_reward_has_no_say(tiny_cross_encoder_dir, tmp_path):
+    """A rating reward applies only to the logged selection, never to a greedy one on a
+    held-out query: validation then keeps nothing and the last parameters are saved."""
+    def rates_only_x_alone(*, contexts, **_):  # applies to one selection only
+        return [1.0 if [c.id for c in ctx] == ["X"] else None for ctx in contexts]
+
+    examples = make_examples(8)
+    cfg = config(tmp_path, max_steps=2, validation_queries=2, validate_every=1, min_k=2)
+    trainer = RRPOTrainer(Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu"), CountingReader(), examples,
+                          cfg, reward=rates_only_x_alone)  # fmt: skip
+    trainer.train()
+    assert trainer.best is None and len(trainer.validations) == 3
+    assert json.loads((tmp_path / "run" / "validation.json").read_text())["best_step"] is None
+
+
 def test_a_resumed_run_keeps_its_best_validated_parameters(tiny_cross_encoder_dir, tmp_path):
     examples = make_examples(8)
     cfg = config(tmp_path, max_steps=3, validation_queries=2, validate_every=3, checkpoint_every=1)
