@@ -174,6 +174,17 @@ def test_the_saved_model_is_the_best_validated_one_the_start_included(tiny_cross
     assert record["best_step"] == 0 and set(record["queries"]) == {ex.id for ex in validation}
 
 
+def test_a_validated_gain_within_its_noise_does_not_replace_the_kept_policy():
+    from rrpo.train.rrpo import _beats
+
+    start = [-3.0, -4.0, -2.0, -5.0]
+    noisy = [-2.0, -5.0, -1.5, -5.4]  # +0.025 on average, +-0.9 per query
+    assert not _beats(noisy, start, z=1.0)
+    assert _beats([v + 0.3 for v in start], start, z=1.0)  # the same gain on every query
+    assert not _beats([None] * 4, start, z=1.0)
+    assert _beats([-2.9, None, None, None], start, z=1.0)  # one shared query: the sign decides
+
+
 def test_validation_keeps_the_trained_model_when_training_helps(tiny_cross_encoder_dir, tmp_path):
     policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
     cfg = config(tmp_path, max_steps=8, validation_queries=2, validate_every=4, context_cost=0.02)

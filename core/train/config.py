@@ -54,6 +54,7 @@ class RRPOConfig:
     lora_alpha: int = _f(32, "LoRA alpha")
     validation_queries: int = _f(32, "training queries held out to validate the policy: the reward of its greedy selections on them at the start, every validate_every steps and at the end; the saved model is the best validated one, so training never ends below where it started on questions it did not train on (held out only when the data has at least 4x as many; 0 = off)")
     validate_every: int = _f(8, "steps between validations")
+    validation_z: float = _f(1.0, "a validated policy replaces the kept one only when its mean paired gain on the held-out queries exceeds this many standard errors")
     checkpoint_every: int = _f(50, "save a resumable checkpoint every N steps (0 = only the final one)")
     seed: int = _f(0, "random seed (data order, sampling, initialisation)")
     device: str | None = _f(None, "cpu, cuda, cuda:1, mps; default: the best available")
@@ -65,7 +66,7 @@ class RRPOConfig:
     def validate(self) -> "RRPOConfig":
         _positive(self, "group_size", "queries_per_step", "max_steps", "ppo_epochs", "max_k", "max_words", "validate_every")
         _non_negative(self, "min_k", "context_cost", "kl_beta", "warmup_steps", "checkpoint_every", "stop_loss_weight",
-                      "train_top_layers", "importance_clip", "max_step_kl", "validation_queries")  # fmt: skip
+                      "train_top_layers", "importance_clip", "max_step_kl", "validation_queries", "validation_z")  # fmt: skip
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         _choice(self, "reward_mode", {"per_prefix", "terminal"})

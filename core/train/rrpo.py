@@ -213,13 +213,14 @@ class RRPOTrainer:
                                                   top_n=cfg.max_k, min_k=cfg.min_k)  # fmt: skip
         kept = [(ex, tuple(sel.order[: sel.k])) for ex, sel in zip(self.validation, selections)]
         qualities = self._qualities(kept)
-        values = [v for v in (qualities[(ex.id, idx)] for ex, idx in kept) if v is not None]
+        per_query = [qualities[(ex.id, idx)] for ex, idx in kept]
+        values = [v for v in per_query if v is not None]
         reward = sum(values) / len(values) if values else float("nan")
         self.validations.append({"step": self.step, "reward": reward,
                                  "mean_k": sum(sel.k for sel in selections) / len(selections)})  # fmt: skip
-        if values and (self.best is None or reward > self.best["reward"]):  # no reward applies: no say
+        if values and (self.best is None or _beats(per_query, self.best["values"], self.config.validation_z)):
             params = {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
-            self.best = {"step": self.step, "reward": reward, "params": params}
+            self.best = {"step": self.step, "reward": reward, "values": per_query, "params": params}
         if self.rank == 0:
             (self.out_dir / "validation.json").write_text(json.dumps(
                 {"queries": [ex.id for ex in self.validation], "best_step": self.best["step"] if self.best else None,
@@ -673,6 +674,20 @@ class RRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
+def _beats(new: list[float | None], best: list[float | None], z: float) -> bool:
+    """Whether ``new`` validates better than ``best``: the mean paired difference over the
+    queries both scored exceeds ``z`` standard errors of it (a 32-query validation is
+    noisy; a change that only wins by noise should not replace what is kept)."""
+    diffs = [a - b for a, b in zip(new, best) if a is not None and b is not None]
+    if not diffs:
+        return False
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean > 0
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    return mean > z * se and mean > 0
+
+
 def hold_out(examples: list[Example], n: int, seed: int) -> tuple[list[Example], list[Example]]:
     """(training, validation): ``n`` examples drawn at random (seeded) to validate on,
     when there are at least 4n; otherwise all train and none validate."""
