@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from rrpo.data import shared_data_dir
     from rrpo.readers import CachedReader, get_reader
     from rrpo.train import RRPOConfig, RRPOTrainer
-    from rrpo.train.rrpo import _beats
+    from rrpo.train.rrpo import _beats, paired_gain
 
     train = load_hotpotqa(shared_data_dir(), SIZES["cpu"]).train[: SIZES["cpu"].rrpo_train]
     reader = CachedReader(get_reader("smollm2-135m", device="cpu"))
@@ -43,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.validate()
         values.append(trainer.best["values"])
         print(path, trainer.validations[-1], flush=True)
-    diffs = [b - a for a, b in zip(*values) if a is not None and b is not None]
-    mean = sum(diffs) / len(diffs)
-    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
-    print(json.dumps({"questions": len(diffs), "mean_gain": mean, "standard_error": se,
+    mean, se, n = paired_gain(values[1], values[0])
+    print(json.dumps({"questions": n, "mean_gain": mean, "standard_error": se,
                       "candidate_replaces_kept": _beats(values[1], values[0], args.z)}))  # fmt: skip
     return 0
 

@@ -674,18 +674,24 @@ class RRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
-def _beats(new: list[float | None], best: list[float | None], z: float) -> bool:
-    """Whether ``new`` validates better than ``best``: the mean paired difference over the
-    queries both scored exceeds ``z`` standard errors of it (a 32-query validation is
-    noisy; a change that only wins by noise should not replace what is kept)."""
+def paired_gain(new: list[float | None], best: list[float | None]) -> tuple[float, float, int]:
+    """(mean, standard error, count) of ``new - best`` over the queries both scored
+    (standard error 0 with fewer than two; mean nan with none)."""
     diffs = [a - b for a, b in zip(new, best) if a is not None and b is not None]
     if not diffs:
-        return False
+        return float("nan"), 0.0, 0
     mean = sum(diffs) / len(diffs)
     if len(diffs) < 2:
-        return mean > 0
-    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
-    return mean > z * se and mean > 0
+        return mean, 0.0, 1
+    return mean, (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5, len(diffs)
+
+
+def _beats(new: list[float | None], best: list[float | None], z: float) -> bool:
+    """Whether ``new`` validates better than ``best``: the mean paired gain over the
+    queries both scored exceeds ``z`` standard errors of it (a 32-query validation is
+    noisy; a change that only wins by noise should not replace what is kept)."""
+    mean, se, n = paired_gain(new, best)
+    return n > 0 and mean > 0 and mean > z * se
 
 
 def hold_out(examples: list[Example], n: int, seed: int) -> tuple[list[Example], list[Example]]:
