@@ -7,6 +7,10 @@ dynamic k, RRPO top-3 and dynamic k (top_n 5), oracle (gold passages) (plus the
 untrained base at top-3 in the full size).
 
 - HotpotQA distractor: train on ``hotpotqa-distractor.train``, evaluate on ``.dev``.
+- HotpotQA fullwiki (``--dataset hotpotqa-fullwiki``): train as above; evaluate on the
+  fullwiki dev sample's questions that are *not* in the distractor dev file (433 of
+  500), with their official TF-IDF candidates (gold passages often missing): a second
+  unseen evaluation set once the distractor dev questions have all been reported.
 - SQuAD v1.1 dev: candidates are the BM25 top-20 over the dev corpus; train on
   ``squad-dev-questions.train``, evaluate on ``squad-dev-questions.dev`` (split by
   article, so no article crosses).
@@ -116,6 +120,21 @@ def load_hotpotqa(data_dir: Path, size: Size) -> Split:
         train=load_examples(data_dir / "hotpotqa-distractor.train.jsonl.gz", limit=train_limit(size)),
         dev=_eval_slice(load_examples(data_dir / "hotpotqa-distractor.dev.jsonl.gz", limit=_eval_limit(size)), size),
         description="HotpotQA distractor: train = hotpotqa-distractor.train, eval = hotpotqa-distractor.dev",
+    )
+
+
+def load_hotpotqa_fullwiki(data_dir: Path, size: Size) -> Split:
+    from rrpo.data import load_examples
+
+    seen = {ex.query for ex in load_examples(data_dir / "hotpotqa-distractor.dev.jsonl.gz")}
+    fresh = [ex for ex in load_examples(data_dir / "hotpotqa-fullwiki.dev.jsonl.gz") if ex.query not in seen]
+    limit = _eval_limit(size)
+    return Split(
+        name="hotpotqa-fullwiki",
+        train=load_examples(data_dir / "hotpotqa-distractor.train.jsonl.gz", limit=train_limit(size)),
+        dev=_eval_slice(fresh[:limit] if limit is not None else fresh, size),
+        description=("HotpotQA: train = hotpotqa-distractor.train, eval = hotpotqa-fullwiki.dev questions not in "
+                     f"hotpotqa-distractor.dev ({len(fresh)}), official TF-IDF candidates"),
     )
 
 
@@ -322,7 +341,7 @@ def run_dataset(split: Split, args, size: Size, reader) -> str:
            f"RRPO from the SFT checkpoint: {rrpo_steps} of {size.rrpo_steps} planned steps x {size.queries_per_step} "
            f"queries ({rrpo_steps * size.queries_per_step} query visits) over {min(len(split.train), size.rrpo_train or len(split.train))} "
            f"train questions; evaluation on {len(dev)} dev questions, numbers {size.eval_start + 1}-{size.eval_start + len(dev)} "
-           f"of the dev file (planned {size.eval or len(split.dev)}).")
+           f"of the evaluation questions (planned {size.eval or len(split.dev)}).")
     curves = (f"Curves: SFT `{out / 'sft' / 'curves.png'}`, RRPO `{out / 'rrpo' / 'curves.png'}` "
               f"(metrics in `{out / 'rrpo' / 'metrics.jsonl'}`), evaluation `{out / 'eval.png'}`.")
     return (f"## {split.name}\n\n{split.description}\n\n{ran}\n\n{validated}\n\n{table}\nTargets:\n\n{targets}\n\n"
@@ -332,7 +351,7 @@ def run_dataset(split: Split, args, size: Size, reader) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--dataset", choices=["hotpotqa", "squad", "both"], default=None,
+    parser.add_argument("--dataset", choices=["hotpotqa", "hotpotqa-fullwiki", "squad", "both"], default=None,
                         help="default: hotpotqa for --size small, both for --size full")
     parser.add_argument("--data-dir", default=None, help="shared data folder (default: rrpo.data.shared_data_dir())")
     parser.add_argument("--reader", default="smollm2-135m")
@@ -387,7 +406,7 @@ def main(argv=None) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else shared_data_dir()
     # One cache for training and evaluation: the same prompt is never asked twice.
     reader = CachedReader(get_reader(args.reader, device=args.device))
-    loaders = {"hotpotqa": load_hotpotqa, "squad": load_squad}
+    loaders = {"hotpotqa": load_hotpotqa, "hotpotqa-fullwiki": load_hotpotqa_fullwiki, "squad": load_squad}
     names = ["hotpotqa", "squad"] if dataset == "both" else [dataset]
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = [

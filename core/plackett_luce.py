@@ -147,11 +147,15 @@ def step_log_probs(
     max_k: int | None,
     norm_k: int,
     temperature: float = 1.0,
+    stop_grad: bool = True,
 ) -> StepLogProbs:
     """Differentiable per-step log-probabilities of the given picks (one list per selection).
 
     ``temperature`` divides every logit of a step (the candidates' and STOP's): the
-    probabilities of a policy that explores at that temperature (1 = the policy itself)."""
+    probabilities of a policy that explores at that temperature (1 = the policy itself).
+    ``stop_grad=False`` detaches the STOP logits inside ``values`` (the probabilities are
+    unchanged; no gradient reaches the STOP head through them), while ``stop_log_odds``
+    keeps its gradient: the trainer fits STOP by its own objective then."""
     n = scores.shape[0]
     limit = selection_limit(n, max_k)
     G = len(picks)
@@ -176,7 +180,7 @@ def step_log_probs(
     stop_allowed = (steps >= min_k).expand(G, -1)
     cand_logits = scores.expand(G, limit, n).masked_fill(before.bool(), NEG_INF)
     raw_stop = stop_head(*_stop_features(hidden, before, scores, norm_k))  # (G, L)
-    stop_logit = effective_stop_logit(stop_head, raw_stop, cand_logits)
+    stop_logit = effective_stop_logit(stop_head, raw_stop if stop_grad else raw_stop.detach(), cand_logits)
     stop_column = stop_logit.masked_fill(~stop_allowed, NEG_INF).unsqueeze(-1)
     log_z = torch.logsumexp(torch.cat([cand_logits, stop_column], -1) / temperature, -1)  # (G, L)
 
@@ -188,7 +192,7 @@ def step_log_probs(
     if stop_head.relative:
         log_odds = raw_stop
     else:
-        log_odds = stop_logit - torch.logsumexp(cand_logits, -1).detach()
+        log_odds = raw_stop - torch.logsumexp(cand_logits, -1).detach()  # = stop_logit's, with its gradient
     log_odds = log_odds.masked_fill(~stop_allowed, NEG_INF)
     return StepLogProbs(values, is_pick | is_stop, log_odds)
 

@@ -461,8 +461,10 @@ class Reranker(nn.Module):
         scored = self.score_pairs([query], [cands])[0]
         return self.step_log_probs(scored, selections, top_n=top_n, min_k=min_k).total()
 
-    def step_log_probs(self, scored: Scored, selections: Sequence[Selection], top_n: int | None = None, min_k: int = 1):
-        """Per-step log-probabilities (:class:`rrpo.plackett_luce.StepLogProbs`) of selections."""
+    def step_log_probs(self, scored: Scored, selections: Sequence[Selection], top_n: int | None = None, min_k: int = 1,
+                       stop_grad: bool = True):
+        """Per-step log-probabilities (:class:`rrpo.plackett_luce.StepLogProbs`) of selections
+        (``stop_grad``: see :func:`rrpo.plackett_luce.step_log_probs`)."""
         size = scored.scores.shape[0]
         top_n = self.settings.max_k if top_n is None else top_n
         min_k, top_n = self._limits(size, top_n, min_k)
@@ -474,7 +476,7 @@ class Reranker(nn.Module):
                 raise ValueError(f"selection {i} keeps {sel.k} > the limit ({limit}) candidates")
         return step_log_probs(
             scored.scores, scored.hidden, self.stop_head, [s.kept for s in selections],
-            min_k=min_k, max_k=top_n, norm_k=self.settings.max_k,
+            min_k=min_k, max_k=top_n, norm_k=self.settings.max_k, stop_grad=stop_grad,
         )  # fmt: skip
 
 

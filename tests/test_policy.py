@@ -47,6 +47,22 @@ def test_log_prob_matches_hand_computed_product():
     assert head.out.bias.grad is not None and head.out.bias.grad.abs().item() > 0
 
 
+def test_stop_grad_off_keeps_the_probabilities_and_leaves_stop_to_its_log_odds():
+    """The trainer's greedy STOP labels: the policy gradient must not reach the STOP head
+    through the sampled steps' probabilities, while the STOP log-odds still train it."""
+    scores = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    head = constant_stop_head(4, 0.3)
+    args = dict(min_k=1, max_k=3, norm_k=3)
+    free = step_log_probs(scores, torch.zeros(3, 4), head, [[2, 0]], **args)
+    held = step_log_probs(scores, torch.zeros(3, 4), head, [[2, 0]], stop_grad=False, **args)
+    assert torch.allclose(free.values, held.values)
+    held.total()[0].backward()
+    assert scores.grad is not None and torch.all(scores.grad != 0)  # the ranking still learns
+    assert head.out.bias.grad is None or head.out.bias.grad.abs().item() == 0.0
+    held.stop_log_odds[0, 1].backward()
+    assert head.out.bias.grad.abs().item() > 0
+
+
 def test_forced_stop_has_no_factor():
     scores = torch.tensor([1.0, 0.0])
     head = constant_stop_head(4, 0.0)

@@ -316,7 +316,8 @@ def test_resume_after_a_kill_reaches_the_same_parameters(tiny_cross_encoder_dir,
     "overrides, field",
     [({"group_size": 0}, "group_size"), ({"min_k": 4, "max_k": 2}, "min_k"), ({"reward_mode": "x"}, "reward_mode"),
      ({"baseline": "group", "group_size": 1}, "group_size"), ({"max_step_kl": -0.1}, "max_step_kl"),
-     ({"validate_every": 0}, "validate_every")],  # fmt: skip
+     ({"validate_every": 0}, "validate_every"), ({"stop_labels": "best"}, "stop_labels"),
+     ({"stop_lookahead": 0}, "stop_lookahead")],  # fmt: skip
 )
 def test_bad_config_fails_before_any_work(overrides, field, tmp_path):
     with pytest.raises(ValueError, match=field):
@@ -416,3 +417,60 @@ def test_stop_objective_stops_when_stopping_pays_on_average_not_when_it_wins_mos
     assert float(logits.grad.sum()) < 0
     # Ties carry no information and no loss.
     assert float(stop_objective(torch.zeros(3), torch.zeros(3)).sum()) == 0.0
+
+
+# ---------------------------------------------------------------- greedy STOP labels
+def test_greedy_stop_labels_compare_stopping_with_the_best_longer_greedy_prefix():
+    from core.train.rrpo import _greedy_stop_gains
+
+    # Q of the greedy prefixes of length 0..3; STOP is a choice from t = 1 (min_k) on
+    gains = _greedy_stop_gains([0.0, 1.0, 0.5, 2.0], first=1, limit=4, like=torch.zeros(1, 4))
+    assert torch.isnan(gains[0, 0]) and torch.isnan(gains[0, 3])  # before min_k; nothing longer scored
+    assert gains[0, 1].item() == pytest.approx(1.0 - 2.0)  # going on reaches 2.0 within the lookahead
+    assert gains[0, 2].item() == pytest.approx(0.5 - 2.0)
+    # an unknown quality (reward not applicable) gives no label, and is no target
+    gains = _greedy_stop_gains([0.0, None, 0.5, None], first=1, limit=4, like=torch.zeros(1, 4))
+    assert torch.isnan(gains[0, 1]) and gains[0, 2].isnan()
+
+
+def test_stop_labels_come_from_the_policys_greedy_ranking_by_default(tiny_cross_encoder_dir, tmp_path):
+    """The default labels score the prefixes of the greedy ranking (what rerank keeps),
+    up to greedy k + stop_lookahead; the samples' continuations give no STOP label."""
+    from core.train.rrpo import _greedy_stop_gains
+
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    seen = []
+
+    def pays_for_x_then_words(*, contexts, **_):
+        seen.extend(tuple(c.id for c in ctx) for ctx in contexts)
+        return [(1.0 if any(c.id == "X" for c in ctx) else 0.0) - 0.1 * len(ctx) for ctx in contexts]
+
+    cfg = config(tmp_path, max_k=4, stop_lookahead=1)
+    assert RRPOConfig().stop_labels == "greedy"
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(3), cfg, reward=pays_for_x_then_words)
+    rollouts = trainer.rollout(trainer._next_batch())
+    trainer.rewards(rollouts)
+    trainer.advantages(rollouts)
+    for r in rollouts:
+        ids = [c.id for c in r.example.candidates]
+        length = min(r.limit, max(r.greedy_k, cfg.min_k) + 1) + 1
+        prefixes = [tuple(ids[i] for i in r.greedy_order[:t]) for t in range(length)]
+        assert set(prefixes) <= set(seen)  # each greedy prefix was scored
+        expected = [(1.0 if "X" in p else 0.0) - 0.1 * len(p) for p in prefixes]
+        assert r.greedy_curve == pytest.approx(expected)
+        assert r.stop_gains.shape[0] == 1  # one row: the greedy ranking, not the samples
+        assert torch.allclose(r.stop_gains, _greedy_stop_gains(r.greedy_curve, cfg.min_k, r.limit, r.old_logp[:1]),
+                              equal_nan=True)
+    # the loss runs and its STOP part is fitted on those labels
+    loss, parts = trainer.loss(rollouts, [r.live for r in rollouts])
+    assert torch.isfinite(loss) and parts["stop_loss"].item() > 0
+
+
+def test_sampled_stop_labels_remain_an_option(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    cfg = config(tmp_path, stop_labels="sampled")
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(3), cfg, reward=pays_for_two)
+    rollouts = trainer.rollout(trainer._next_batch())
+    trainer.rewards(rollouts)
+    trainer.advantages(rollouts)
+    assert all(r.greedy_curve == [] and r.stop_gains.shape[0] == len(r.selections) for r in rollouts)

@@ -38,7 +38,9 @@ class RRPOConfig:
     gamma: float = _f(1.0, "discount over selection steps")
     gae_lambda: float = _f(1.0, "GAE lambda over selection steps (baseline 'reference'; below 1 biases the first picks)")
     baseline: str = _f("group", "group: leave-one-out mean of the group's returns from the same step; reference: the frozen reranker's greedy prefix of the same length (the paper's anchor)")
-    stop_loss_weight: float = _f(1.0, "weight of the STOP objective fitted on the sampled per-prefix curves: stop where stopping beat the sampled continuation (0 = policy gradient only)")
+    stop_loss_weight: float = _f(1.0, "weight of the STOP objective fitted on per-prefix curves (see stop_labels): stop where stopping beats going on (0 = policy gradient only)")
+    stop_labels: str = _f("greedy", "greedy: STOP is fitted on the policy's own greedy ranking (what rerank keeps), stopping at t against the best of the next stop_lookahead greedy prefixes, and the policy gradient trains the ranking only; sampled: on each sample's own continuation, and the policy gradient trains STOP too (biased to stop early: a sampled next pick is worse than the greedy one)")
+    stop_lookahead: int = _f(1, "greedy STOP labels: greedy prefixes scored past the policy's current greedy k (reader calls per query: up to greedy k + this + 1, shared with the samples' prefixes)")
     importance_clip: float = _f(1.0, "c: a logged production selection (a rated feedback record) counts min(pi/mu, c) times, pi the rollout policy's and mu the serving policy's probability of it (clipped importance sampling)")
     learning_rate: float = _f(5e-4, "AdamW learning rate of the trained encoder layers (sized for train_top_layers=2; use ~1e-4 for all layers)")
     head_lr: float = _f(5e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
@@ -67,6 +69,10 @@ class RRPOConfig:
         _positive(self, "group_size", "queries_per_step", "max_steps", "ppo_epochs", "max_k", "max_words", "validate_every")
         _non_negative(self, "min_k", "context_cost", "kl_beta", "warmup_steps", "checkpoint_every", "stop_loss_weight",
                       "train_top_layers", "importance_clip", "max_step_kl", "validation_queries", "validation_z")  # fmt: skip
+        if self.stop_labels not in ("greedy", "sampled"):
+            raise ValueError(f"stop_labels must be 'greedy' or 'sampled', not {self.stop_labels!r}")
+        if self.stop_lookahead < 1:
+            raise ValueError(f"stop_lookahead must be >= 1, not {self.stop_lookahead}")
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         _choice(self, "reward_mode", {"per_prefix", "terminal"})

@@ -66,7 +66,9 @@ class QueryRollout:
     advantages: torch.Tensor | None = None  # (G, L)
     greedy_k: int = 0
     live: Scored | None = None  # the rollout's forward, with its graph: the first PPO epoch reuses it
-    stop_gains: torch.Tensor | None = None  # (G, L) Q(t) - Q(k): what stopping at t would have gained over going on; nan = no label
+    stop_gains: torch.Tensor | None = None  # (rows, L) what stopping at t would have gained over going on; nan = no label
+    greedy_order: list[int] = field(default_factory=list)  # the rollout policy's ranking (its greedy picks)
+    greedy_curve: list[float | None] = field(default_factory=list)  # Q of its prefixes 0..len-1 (stop_labels 'greedy')
     weights: torch.Tensor | None = None  # (G,) 1 for a sample; min(pi/mu, c) for a logged production selection
 
 
@@ -265,7 +267,7 @@ class RRPOTrainer:
             gk = greedy_k(s.scores, s.hidden, self.policy.stop_head, order, min_k=min(cfg.min_k, limit),
                           max_k=cfg.max_k, norm_k=self.policy.settings.max_k)  # fmt: skip
             out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live,
-                                    weights=weights))
+                                    weights=weights, greedy_order=order[:limit].tolist()))
             if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
                 self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
         return out
@@ -295,6 +297,7 @@ class RRPOTrainer:
             for sel in r.selections:
                 lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
                 requests += [(r.example, tuple(sel.kept[:t])) for t in lengths]
+            requests += [(r.example, tuple(r.greedy_order[:t])) for t in range(self._greedy_curve_length(r))]
         values = self._qualities(requests)
         for r in rollouts:
             if self._reference_curves.get(r.example.id) is None:
@@ -306,6 +309,18 @@ class RRPOTrainer:
             for sel in r.selections:
                 lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
                 r.qualities.append({t: values[(r.example.id, tuple(sel.kept[:t]))] for t in lengths})
+            r.greedy_curve = [values[(r.example.id, tuple(r.greedy_order[:t]))] for t in range(self._greedy_curve_length(r))]
+
+    def _greedy_labels(self) -> bool:
+        cfg = self.config
+        return cfg.stop_labels == "greedy" and cfg.reward_mode == "per_prefix" and cfg.stop_loss_weight > 0
+
+    def _greedy_curve_length(self, r: QueryRollout) -> int:
+        """Greedy prefixes to score: 0 .. greedy k + stop_lookahead (within the limit),
+        so both the decision greedy takes now and the next ones get labels."""
+        if not self._greedy_labels():
+            return 0
+        return min(r.limit, max(r.greedy_k, self.config.min_k) + self.config.stop_lookahead) + 1
 
     def _qualities(self, requests: list[tuple[Example, tuple[int, ...]]]) -> dict[tuple[str, tuple[int, ...]], float | None]:
         from ..prompts import build_prompt, context_words
@@ -412,13 +427,21 @@ class RRPOTrainer:
                 r.advantages[g, t] = own[t] - sum(base) / len(base)
 
     def _stop_gains(self, r: QueryRollout) -> torch.Tensor | None:
-        """What stopping would have gained, from the sample's own per-prefix curve: at
-        every step t where a sample went on (and STOP was allowed), stopping there would
-        have given Q(t); going on gave Q(k). The STOP objective (:func:`stop_objective`)
-        turns these into labels and weights. Credit for stopping then depends on what the
-        sample achieved, not on the reference's curve."""
+        """What stopping would have gained, as STOP labels (:func:`stop_objective` turns
+        them into labels and weights).
+
+        ``stop_labels='greedy'`` (one row, the greedy ranking's steps): stopping after t
+        greedy picks gives Q(t); going on gives at best the best of the next
+        ``stop_lookahead`` greedy prefixes. That is the decision ``rerank`` takes. A
+        sampled continuation's next pick is a draw from the policy, usually worse than
+        its best remaining passage, so labels from samples pay stopping too often.
+
+        ``'sampled'`` (one row per sample): at every step t where a sample went on,
+        stopping would have given Q(t), going on gave Q(k)."""
         if self.config.reward_mode != "per_prefix" or self.config.stop_loss_weight == 0:
             return None
+        if self._greedy_labels():
+            return _greedy_stop_gains(r.greedy_curve, min(self.config.min_k, r.limit), r.limit, r.old_logp[:1])
         gains = torch.full_like(r.old_logp, float("nan"))
         for g, (sel, q) in enumerate(zip(r.selections, r.qualities)):
             if any(q.get(t) is None for t in range(sel.k + 1)):
@@ -513,8 +536,12 @@ class RRPOTrainer:
         """PPO-clip + beta * KL to the reference + the STOP objective (weighted)."""
         cfg = self.config
         pg_terms, kl_terms, clipped, stop_logits, stop_gains = [], [], [], [], []
+        greedy = self._greedy_labels()
         for r, s in zip(rollouts, scored):
-            steps = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k)
+            # greedy STOP labels: the policy gradient trains the ranking only (its STOP
+            # factor would carry the sampled continuations' bias); STOP has its own fit
+            steps = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k,
+                                               stop_grad=not greedy)
             new, mask = steps.values, r.mask
             ratio = torch.exp(new - r.old_logp)
             adv = r.advantages
@@ -527,9 +554,13 @@ class RRPOTrainer:
             kl_terms.append(((torch.exp(log_ratio_ref) - log_ratio_ref - 1) * w)[mask])
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
             if r.stop_gains is not None:
-                labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(steps.stop_log_odds)
+                odds = steps.stop_log_odds
+                if greedy:
+                    odds = self.policy.step_log_probs(_as_float(s), [_greedy_selection(r)], top_n=cfg.max_k,
+                                                      min_k=cfg.min_k).stop_log_odds
+                labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(odds)
                 if bool(labelled.any()):
-                    stop_logits.append(steps.stop_log_odds[labelled])
+                    stop_logits.append(odds[labelled])
                     stop_gains.append(r.stop_gains[labelled])
         # Means over the global batch (common.global_mean), so ranks holding more steps
         # weigh as much as one process would give them; with one process, plain means.
@@ -745,6 +776,25 @@ def stop_objective(logits: torch.Tensor, gains: torch.Tensor, scale: float | Non
         return logits * 0.0
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, (gains >= 0).to(logits.dtype), reduction="none")
     return loss * weights / scale
+
+
+def _greedy_stop_gains(curve: list[float | None], first: int, limit: int, like: torch.Tensor) -> torch.Tensor:
+    """Gains (shaped and placed like ``like``, one row) of stopping after t greedy picks:
+    Q(t) minus the best Q of the longer prefixes scored (nan where Q is unknown or STOP
+    is not a choice)."""
+    gains = torch.full_like(like, float("nan"))
+    for t in range(first, min(limit, len(curve) - 1)):
+        later = [q for q in curve[t + 1 :] if q is not None]
+        if curve[t] is not None and later:
+            gains[0, t] = curve[t] - max(later)
+    return gains
+
+
+def _greedy_selection(r: QueryRollout) -> Selection:
+    """The greedy ranking as a selection that keeps every scored prefix (its steps'
+    STOP log-odds are what the greedy labels fit)."""
+    k = max(len(r.greedy_curve) - 1, 0)
+    return Selection(order=list(r.greedy_order), k=k, scores=[], stopped=False)
 
 
 def _as_float(s: Scored) -> Scored:
