@@ -186,6 +186,18 @@ def test_quality_cpu_size_evaluates_dev_questions_after_the_ones_reported_before
         quality.load_hotpotqa(shared_data_dir, beyond)
 
 
+def test_quality_fullwiki_evaluates_only_questions_the_distractor_dev_file_does_not_hold(shared_data_dir):
+    quality = _load("quality")
+    size = quality.budget(quality.parse_args(["--size", "cpu", "--dataset", "hotpotqa-fullwiki", "--eval-start", "0"]))
+    split = quality.load_hotpotqa_fullwiki(shared_data_dir, size)
+    from rrpo.data import load_examples
+
+    reported = {ex.query for ex in load_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz")}
+    trained = {ex.query for ex in split.train}
+    assert len(split.dev) == 300 and not any(ex.query in reported or ex.query in trained for ex in split.dev)
+    assert all(2 <= len(ex.candidates) <= 10 for ex in split.dev)  # the official TF-IDF top 10 (a few hold fewer)
+
+
 def test_train_speed_refuses_an_unknown_side():
     train_speed = _load("train_speed")
     assert train_speed.parse_args(["--sides", "new,bf16,old"]).sides == "new,bf16,old"

@@ -474,3 +474,18 @@ def test_sampled_stop_labels_remain_an_option(tiny_cross_encoder_dir, tmp_path):
     trainer.rewards(rollouts)
     trainer.advantages(rollouts)
     assert all(r.greedy_curve == [] and r.stop_gains.shape[0] == len(r.selections) for r in rollouts)
+
+
+def test_the_policy_gradient_still_trains_stop_where_the_greedy_ranking_has_no_label(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(3), config(tmp_path, stop_loss_weight=1.0),
+                          reward=pays_for_two)
+    rollouts = trainer.rollout(trainer._next_batch())
+    trainer.rewards(rollouts)
+    trainer.advantages(rollouts)
+    for r in rollouts:
+        r.stop_gains = torch.full_like(r.stop_gains, float("nan"))  # as if the reward had no value for them
+    loss, parts = trainer.loss(rollouts, [r.live for r in rollouts])
+    loss.backward()
+    grad = policy.stop_head.out.weight.grad
+    assert parts["stop_loss"].item() == 0.0 and grad is not None and grad.abs().sum().item() > 0

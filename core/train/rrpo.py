@@ -538,10 +538,12 @@ class RRPOTrainer:
         pg_terms, kl_terms, clipped, stop_logits, stop_gains = [], [], [], [], []
         greedy = self._greedy_labels()
         for r, s in zip(rollouts, scored):
-            # greedy STOP labels: the policy gradient trains the ranking only (its STOP
-            # factor would carry the sampled continuations' bias); STOP has its own fit
+            # Where the greedy ranking has STOP labels, the policy gradient trains the
+            # ranking only (its STOP factor would carry the sampled continuations' bias);
+            # where the reward could not label it, the policy gradient still trains STOP.
+            labelled_here = greedy and r.stop_gains is not None and bool((~torch.isnan(r.stop_gains)).any())
             steps = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k,
-                                               stop_grad=not greedy)
+                                               stop_grad=not labelled_here)
             new, mask = steps.values, r.mask
             ratio = torch.exp(new - r.old_logp)
             adv = r.advantages
@@ -555,7 +557,7 @@ class RRPOTrainer:
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
             if r.stop_gains is not None:
                 odds = steps.stop_log_odds
-                if greedy:
+                if labelled_here:
                     odds = self.policy.step_log_probs(_as_float(s), [_greedy_selection(r)], top_n=cfg.max_k,
                                                       min_k=cfg.min_k).stop_log_odds
                 labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(odds)
