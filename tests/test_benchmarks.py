@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -203,3 +204,18 @@ def test_train_speed_refuses_an_unknown_side():
     assert train_speed.parse_args(["--sides", "new,bf16,old"]).sides == "new,bf16,old"
     with pytest.raises(SystemExit):
         train_speed.parse_args(["--sides", "new,fp8"])
+
+
+def test_run_summary_tables_an_rrpo_folder_and_refuses_another(tmp_path):
+    run_summary = _load("run_summary")
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "reward_mean": -3.5, "mean_k": 2.0, "greedy_k": 2.0, "kl": 0.25, "clip_frac": 0.2,
+                    "stop_loss": 0.6, "reader_calls": 154, "queries_per_s": 0.12}) + "\n")  # fmt: skip
+    (tmp_path / "validation.json").write_text(json.dumps({"queries": ["a", "b"], "best_step": 0, "validations": [
+        {"step": 0, "reward": -3.37, "mean_k": 2.0},
+        {"step": 8, "reward": -3.9, "mean_k": 2.0, "gain_vs_kept": {"kept_step": 0, "mean": -0.53, "se": 0.2, "n": 2}}]}))
+    text = run_summary.summary(tmp_path)
+    assert "| 1 | -3.50 | 2.00 | 2.00 | 0.250 |" in text
+    assert "| 8 | -3.900 | 2.00 | -0.530 ± 0.200 (vs step 0, 2 questions) |" in text and "step 0's" in text
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        run_summary.main([str(tmp_path / "elsewhere")])

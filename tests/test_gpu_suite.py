@@ -99,7 +99,7 @@ def test_a_part_over_its_budget_stops_and_the_next_one_runs(tmp_path, monkeypatc
     ctx = gpu_suite.Context(args, plan, "cpu", False, tmp_path, time.perf_counter() + 60, "python test")
     start = time.perf_counter()
     first, second = gpu_suite.run_part(ctx, "reranker"), gpu_suite.run_part(ctx, "reader")
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 25  # the 30 s sleep was cut short (the rest is imports, slow on a busy CPU)
     assert first["status"].startswith("stopped: over its budget") and first["written"]
     assert second["status"] == "ok" and second["written"]
     text = (tmp_path / "RESULTS.md").read_text()

@@ -172,6 +172,10 @@ def test_the_saved_model_is_the_best_validated_one_the_start_included(tiny_cross
     assert [r["step"] for r in rows if "val_reward" in r] == [3, 6]
     record = json.loads((tmp_path / "run" / "validation.json").read_text())
     assert record["best_step"] == 0 and set(record["queries"]) == {ex.id for ex in validation}
+    # per-question rewards and the paired gain the rule decided on, for a later look
+    last = record["validations"][-1]
+    assert len(last["values"]) == 2 and last["gain_vs_kept"]["kept_step"] == 0
+    assert last["gain_vs_kept"]["mean"] == pytest.approx(rewards[-1] - rewards[0])
 
 
 def test_a_validated_gain_within_its_noise_does_not_replace_the_kept_policy():

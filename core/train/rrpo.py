@@ -218,8 +218,12 @@ class RRPOTrainer:
         per_query = [qualities[(ex.id, idx)] for ex, idx in kept]
         values = [v for v in per_query if v is not None]
         reward = sum(values) / len(values) if values else float("nan")
-        self.validations.append({"step": self.step, "reward": reward,
-                                 "mean_k": sum(sel.k for sel in selections) / len(selections)})  # fmt: skip
+        entry = {"step": self.step, "reward": reward, "mean_k": sum(sel.k for sel in selections) / len(selections),
+                 "values": per_query}
+        if self.best is not None:  # the paired gain over the kept policy (what the rule decides on)
+            gain, se, n = paired_gain(per_query, self.best["values"])
+            entry["gain_vs_kept"] = {"kept_step": self.best["step"], "mean": gain, "se": se, "n": n}
+        self.validations.append(entry)
         if values and (self.best is None or _beats(per_query, self.best["values"], self.config.validation_z)):
             params = {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
             self.best = {"step": self.step, "reward": reward, "values": per_query, "params": params}
