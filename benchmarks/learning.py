@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-time budget per start: stop at the first evaluation past it (the table says so)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override an RRPOConfig field (e.g. learning_rate=1e-4); repeatable")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/learning")
     p.add_argument("--results", default=None, help="append the tables to this RESULTS.md")
@@ -108,7 +110,7 @@ def _run(policy, reader, train, held_out, steps: int, args, out_dir: Path) -> li
     from rrpo.train import RRPOConfig, RRPOTrainer
 
     config = RRPOConfig(max_steps=steps, out_dir=str(out_dir), device=args.device, progress=False,
-                        checkpoint_every=0, seed=args.seed, overwrite=True)  # fmt: skip
+                        checkpoint_every=0, seed=args.seed, overwrite=True, **config_overrides(args.set))  # fmt: skip
     trainer = RRPOTrainer(policy, reader, train, config)
     rows = [{"step": 0, **_held_out(trainer, held_out), "kl": 0.0, "reader_calls": 0, "seconds": 0.0}]
     started = time.perf_counter()
@@ -124,6 +126,24 @@ def _run(policy, reader, train, held_out, steps: int, args, out_dir: Path) -> li
                 break
     trainer.policy.release_frozen_layers()
     return rows
+
+
+def config_overrides(pairs: list[str]) -> dict:
+    """``--set field=value`` pairs as RRPOConfig keyword arguments, each value parsed as
+    its field's type (to explore a setting; the benchmark's results are the defaults')."""
+    import dataclasses
+
+    from rrpo.train import RRPOConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RRPOConfig)}
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of RRPOConfig's fields")
+        kind = type(fields[name].default)
+        out[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+    return out
 
 
 def _held_out(trainer, held_out) -> dict:
@@ -206,8 +226,9 @@ def _notes(args, out: Path) -> str:
     return (
         f"- world: `generate_examples({args.train + args.held_out}, seed={args.seed}, candidates=({args.candidates}, {args.candidates}))`, "
         f"first {args.train} train, last {args.held_out} held out; reader `AnswerPassageReader()` (-1 answer passage in context, "
-        "-5 otherwise, -0.3 per passage) and the default context cost; RRPO at `RRPOConfig()` defaults.\n"
-        f"- curves: `{out / 'learning.png'}` (not committed; rerun the command).\n" + (f"- {args.notes}\n" if args.notes else "")
+        "-5 otherwise, -0.3 per passage) and the default context cost; RRPO at `RRPOConfig()` defaults"
+        + (f", except {', '.join(args.set)} (--set).\n" if args.set else ".\n")
+        + f"- curves: `{out / 'learning.png'}` (not committed; rerun the command).\n" + (f"- {args.notes}\n" if args.notes else "")
     )
 
 

@@ -219,3 +219,11 @@ def test_run_summary_tables_an_rrpo_folder_and_refuses_another(tmp_path):
     assert "| 8 | -3.900 | 2.00 | -0.530 ± 0.200 (vs step 0, 2 questions) |" in text and "step 0's" in text
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         run_summary.main([str(tmp_path / "elsewhere")])
+
+
+def test_learning_set_parses_config_fields_by_type_and_names_a_wrong_one():
+    learning = _load("learning")
+    assert learning.config_overrides(["learning_rate=1e-4", "group_size=6", "lora=true", "stop_labels=sampled"]) == {
+        "learning_rate": 1e-4, "group_size": 6, "lora": True, "stop_labels": "sampled"}
+    with pytest.raises(SystemExit, match="RRPOConfig's fields"):
+        learning.config_overrides(["learnig_rate=1e-4"])
