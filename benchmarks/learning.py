@@ -129,21 +129,24 @@ def _run(policy, reader, train, held_out, steps: int, args, out_dir: Path) -> li
 
 
 def config_overrides(pairs: list[str]) -> dict:
-    """``--set field=value`` pairs as RRPOConfig keyword arguments, each value parsed as
-    its field's type (to explore a setting; the benchmark's results are the defaults')."""
+    """``--set field=value`` pairs as RRPOConfig keyword arguments, each value parsed by
+    the CLI's own per-field options (``add_config_arguments``), so types match ``rrpo
+    train``'s (to explore a setting; the benchmark's results are the defaults')."""
     import dataclasses
 
     from rrpo.train import RRPOConfig
+    from rrpo.train.config import FLAG_NAMES, add_config_arguments
 
-    fields = {f.name: f for f in dataclasses.fields(RRPOConfig)}
-    out = {}
+    known = {f.name for f in dataclasses.fields(RRPOConfig)}
+    argv = []
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        if not sep or name not in fields:
+        if not sep or name not in known:
             raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of RRPOConfig's fields")
-        kind = type(fields[name].default)
-        out[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-    return out
+        argv += [FLAG_NAMES.get(name, "--" + name.replace("_", "-")), text]
+    parser = argparse.ArgumentParser(prog="--set", add_help=False)
+    add_config_arguments(parser, RRPOConfig)
+    return {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
 
 
 def _held_out(trainer, held_out) -> dict:

@@ -546,9 +546,12 @@ class RRPOTrainer:
             # ranking only (its STOP factor would carry the sampled continuations' bias);
             # where the reward could not label it, the policy gradient still trains STOP.
             labelled_here = greedy and r.stop_gains is not None and bool((~torch.isnan(r.stop_gains)).any())
-            steps = self.policy.step_log_probs(_as_float(s), r.selections, top_n=cfg.max_k, min_k=cfg.min_k,
+            # the greedy ranking rides along as one more row: one STOP-head pass for both
+            rows = r.selections + ([_greedy_selection(r)] if labelled_here else [])
+            steps = self.policy.step_log_probs(_as_float(s), rows, top_n=cfg.max_k, min_k=cfg.min_k,
                                                stop_grad=not labelled_here)
-            new, mask = steps.values, r.mask
+            G = len(r.selections)
+            new, mask = steps.values[:G], r.mask
             ratio = torch.exp(new - r.old_logp)
             adv = r.advantages
             unclipped = ratio * adv
@@ -560,10 +563,7 @@ class RRPOTrainer:
             kl_terms.append(((torch.exp(log_ratio_ref) - log_ratio_ref - 1) * w)[mask])
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
             if r.stop_gains is not None:
-                odds = steps.stop_log_odds
-                if labelled_here:
-                    odds = self.policy.step_log_probs(_as_float(s), [_greedy_selection(r)], top_n=cfg.max_k,
-                                                      min_k=cfg.min_k).stop_log_odds
+                odds = steps.stop_log_odds[G:] if labelled_here else steps.stop_log_odds
                 labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(odds)
                 if bool(labelled.any()):
                     stop_logits.append(odds[labelled])
