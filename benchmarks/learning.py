@@ -129,24 +129,15 @@ def _run(policy, reader, train, held_out, steps: int, args, out_dir: Path) -> li
 
 
 def config_overrides(pairs: list[str]) -> dict:
-    """``--set field=value`` pairs as RRPOConfig keyword arguments, each value parsed by
-    the CLI's own per-field options (``add_config_arguments``), so types match ``rrpo
-    train``'s (to explore a setting; the benchmark's results are the defaults')."""
-    import dataclasses
-
+    """``--set field=value`` pairs as RRPOConfig keyword arguments (see
+    :func:`rrpo.train.config.parse_overrides`)."""
     from rrpo.train import RRPOConfig
-    from rrpo.train.config import FLAG_NAMES, add_config_arguments
+    from rrpo.train.config import parse_overrides
 
-    known = {f.name for f in dataclasses.fields(RRPOConfig)}
-    argv = []
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or name not in known:
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of RRPOConfig's fields")
-        argv += [FLAG_NAMES.get(name, "--" + name.replace("_", "-")), text]
-    parser = argparse.ArgumentParser(prog="--set", add_help=False)
-    add_config_arguments(parser, RRPOConfig)
-    return {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
+    try:
+        return parse_overrides(pairs, RRPOConfig)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from None
 
 
 def _held_out(trainer, held_out) -> dict:

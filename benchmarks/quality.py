@@ -37,6 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import config_overrides  # noqa: E402  (--set, parsed as `rrpo train` parses options)
+
 
 @dataclass(frozen=True)
 class Size:
@@ -170,7 +173,7 @@ def train_sft(base: str, examples: list, size: Size, device: str | None, out: Pa
 
 
 def train_rrpo(start: str | Path, reader, examples: list, size: Size, device: str | None, out: Path, max_words: int,
-               deadline: float | None = None):
+               deadline: float | None = None, overrides: dict | None = None):
     """RRPO from ``start`` (the SFT checkpoint: the policy and the frozen reference
     both start there). The defaults are the method's choices; only the budget changes
     with --size. With ``deadline`` (a time.time()) no step starts after it: the run is
@@ -182,6 +185,7 @@ def train_rrpo(start: str | Path, reader, examples: list, size: Size, device: st
     config = RRPOConfig(
         min_k=1, max_k=5, max_steps=size.rrpo_steps, queries_per_step=size.queries_per_step,
         max_words=max_words, device=device, out_dir=str(out), seed=0, overwrite=True,  # re-runs start over
+        **(overrides or {}),
     )
     trainer = RRPOTrainer(policy, reader, examples[: size.rrpo_train], config)
     trainer.train(deadline=deadline)  # saved to out/model
@@ -318,7 +322,7 @@ def run_dataset(split: Split, args, size: Size, reader) -> str:
         rrpo_deadline = time.time() + (1 - getattr(args, "eval_share", 0.45)) * max(0.0, finish - time.time())
     start = time.perf_counter()
     rrpo, rrpo_steps, validated = train_rrpo(sft_dir, reader, split.train, size, args.device, out / "rrpo",
-                                  args.max_words, rrpo_deadline)
+                                             args.max_words, rrpo_deadline, config_overrides(getattr(args, "set", [])))
     times["rrpo_train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     report = timed_evaluation(split.dev, build_specs(sft, rrpo, base_model), reader, args, finish)
@@ -369,6 +373,8 @@ def parse_args(argv=None):
     parser.add_argument("--queries-per-step", type=int, default=None, help="RRPO queries per step (overrides --size)")
     parser.add_argument("--results", default=None, help="append the tables to this RESULTS.md (benchmarks/RESULTS.md)")
     parser.add_argument("--notes", default="", help="notes to record with --results (e.g. machine load)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an RRPOConfig field for the RRPO row (e.g. ranking=sampled); repeatable")
     parser.add_argument("--sft-from", default=None,
                         help="use this SFT checkpoint (an earlier run's OUT/<dataset>/sft/model) instead of training one")
     parser.add_argument("--eval-share", type=float, default=0.45,

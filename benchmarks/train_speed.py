@@ -19,8 +19,9 @@ The older side is a git worktree: ``git worktree add /tmp/rrpo-old d82dc3e``; it
     python benchmarks/train_speed.py --sides new,bf16,old --old-tree /tmp/rrpo-old
 
 Side ``bf16`` is this checkout with the reader loaded in bf16 (``LocalReader(dtype=
-"bfloat16")``) and the policy under bf16 autocast (``RRPOConfig(bf16=True)``): an option,
-not the CPU default; worth it on CPUs with bf16 matrix units (AMX, AVX512-BF16).
+"bfloat16")``) and the policy under bf16 autocast (``RRPOConfig(bf16=True)``): the policy
+part is an option. The reader part is side ``new``'s default too on a CPU with bf16
+matrix units (AMX, AVX512-BF16); elsewhere ``new`` reads in fp32.
 """
 
 from __future__ import annotations

@@ -198,16 +198,11 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def cpu_has_int8_dot() -> bool:
-    """True when the CPU multiplies u8 x s8 into int32 without saturating (VNNI, AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    except OSError:
-        pass
-    return False  # unknown CPU: 7-bit activations are safe everywhere
+    """True when the CPU multiplies u8 x s8 into int32 without saturating (VNNI, AMX);
+    an unknown CPU gets False: 7-bit activations are safe everywhere."""
+    from .models import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def _require_quantized_engine() -> None:

@@ -232,7 +232,9 @@ def test_sample_log_prob_and_greedy(bi):
     greedy = bi.rerank(QUERY, TEXTS, top_n=3)
     assert greedy.order == sorted(range(4), key=lambda i: -greedy.scores[i])
     batch = bi.rerank_batch([QUERY, "Where is Ostra?"], [TEXTS, TEXTS[:2]], top_n=3)
-    assert batch[0] == greedy and len(batch[1].scores) == 2
+    # batched and single forwards may differ in the last bits (other matrix shapes)
+    assert (batch[0].order, batch[0].k) == (greedy.order, greedy.k) and len(batch[1].scores) == 2
+    assert batch[0].scores == pytest.approx(greedy.scores, abs=1e-4)
     assert bi.rerank(QUERY, []).k == 0
 
 

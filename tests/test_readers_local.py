@@ -1,5 +1,9 @@
 """LocalReader: batching logic on the tiny causal LM, real behaviour on the packaged
-SmolLM2 GGUF with real HotpotQA passages."""
+SmolLM2 GGUF with real HotpotQA passages.
+
+The exactness checks (batched = one by one, prefix-shared = padded) pin fp32: they test
+the bookkeeping, which bf16 rounding would blur. The default dtype (bf16 on a CPU with
+native bf16) has its own tests at the end."""
 
 import logging
 import math
@@ -26,12 +30,12 @@ TARGETS = ["Paris", "red", "4", "William Shakespeare", "a long answer with sever
 
 @pytest.fixture(scope="module")
 def tiny(tiny_causal_lm_dir):
-    return LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=2, max_new_tokens=6, progress=False)
+    return LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", batch_size=2, max_new_tokens=6, progress=False)
 
 
 def test_is_a_reader_and_model_is_shared(tiny, tiny_causal_lm_dir):
     assert isinstance(tiny, Reader)
-    again = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=1)
+    again = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", batch_size=1)
     assert again.model is tiny.model and again.tokenizer is tiny.tokenizer
     assert tiny.identity.startswith(f"local:{tiny_causal_lm_dir}|float32|")
     assert tiny.tokenizer.padding_side == "left"
@@ -40,7 +44,7 @@ def test_is_a_reader_and_model_is_shared(tiny, tiny_causal_lm_dir):
 def test_generation_batched_equals_one_by_one(tiny, tiny_causal_lm_dir):
     batched = tiny.generate(PROMPTS)
     assert len(batched) == len(PROMPTS) and all(isinstance(a, str) for a in batched)
-    single = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=1, max_new_tokens=6)
+    single = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", batch_size=1, max_new_tokens=6)
     assert [single.generate([p])[0] for p in PROMPTS] == batched
     assert tiny.generate([]) == []
     with pytest.raises(TypeError, match="list of prompts"):
@@ -50,7 +54,7 @@ def test_generation_batched_equals_one_by_one(tiny, tiny_causal_lm_dir):
 def test_loglik_batched_equals_unbatched_and_a_manual_forward(tiny, tiny_causal_lm_dir):
     batched = tiny.loglik(PROMPTS, TARGETS)
     assert all(math.isfinite(v) and v < 0 for v in batched)
-    single = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=1)
+    single = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", batch_size=1)
     assert [single.loglik([p], [t])[0] for p, t in zip(PROMPTS, TARGETS)] == pytest.approx(batched, abs=1e-4)
 
     # Independent check of the indexing: a plain unpadded forward over chat + target.
@@ -74,7 +78,7 @@ def test_loglik_rejects_bad_inputs(tiny):
 
 
 def test_long_prompts_are_cut_in_the_middle(tiny_causal_lm_dir, caplog):
-    reader = LocalReader(str(tiny_causal_lm_dir), device="cpu", max_prompt_tokens=48, max_new_tokens=2)
+    reader = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", max_prompt_tokens=48, max_new_tokens=2)
     long_prompt = "word " * 500 + "Question: what?"
     with caplog.at_level(logging.WARNING, logger="rrpo.readers"):
         value = reader.loglik([long_prompt], ["yes"])[0]
@@ -92,7 +96,7 @@ def test_bad_arguments_are_named(tiny_causal_lm_dir, tmp_path):
         LocalReader(str(tiny_causal_lm_dir), batch_size=0)
     with pytest.raises(FileNotFoundError, match="reader model not found"):
         LocalReader(str(tmp_path / "missing.gguf"))
-    assert get_reader(str(tiny_causal_lm_dir), device="cpu").model is LocalReader(str(tiny_causal_lm_dir), device="cpu").model
+    assert get_reader(str(tiny_causal_lm_dir), device="cpu", dtype="float32").model is LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32").model
 
 
 # --------------------------------------------------------------------------- SmolLM2
@@ -100,7 +104,7 @@ def test_bad_arguments_are_named(tiny_causal_lm_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return LocalReader("smollm2-135m", device="cpu", batch_size=16, max_new_tokens=12, progress=False)
+    return LocalReader("smollm2-135m", device="cpu", dtype="float32", batch_size=16, max_new_tokens=12, progress=False)
 
 
 def test_smollm2_likelihood_prefers_gold_passages(smollm2, shared_data_dir):
@@ -150,7 +154,7 @@ def _shared_prefix_workload() -> tuple[list[str], list[str]]:
 
 
 def test_prefix_shared_loglik_equals_padded_batches(tiny, tiny_causal_lm_dir):
-    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=4, progress=False, prefix_sharing=False)
+    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", batch_size=4, progress=False, prefix_sharing=False)
     assert tiny.prefix_sharing and not plain.prefix_sharing
     prompts, targets = _shared_prefix_workload()
     tiny.reset_stats()
@@ -165,12 +169,12 @@ def test_prefix_shared_loglik_equals_padded_batches(tiny, tiny_causal_lm_dir):
 
 def test_prefix_shared_edge_cases(tiny, tiny_causal_lm_dir):
     assert tiny.loglik([], []) == [] and tiny.stats["rows"] == 0
-    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", progress=False, prefix_sharing=False)
+    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", progress=False, prefix_sharing=False)
     one = tiny.loglik([PROMPTS[3]], [TARGETS[3]])
     assert one == pytest.approx(plain.loglik([PROMPTS[3]], [TARGETS[3]]), abs=1e-5)
     # A target longer than the whole budget: both paths keep half the budget of target
     # tokens and cut the context in the middle, so they score the same tokens.
-    kw = dict(device="cpu", max_prompt_tokens=48, progress=False)
+    kw = dict(device="cpu", dtype="float32", max_prompt_tokens=48, progress=False)
     short_shared = LocalReader(str(tiny_causal_lm_dir), **kw)
     short_plain = LocalReader(str(tiny_causal_lm_dir), prefix_sharing=False, **kw)
     prompts, targets = [PROMPTS[3], PROMPTS[3]], ["a very long answer " * 20, "Shakespeare"]
@@ -200,7 +204,7 @@ def test_prefix_sharing_falls_back_without_a_cropable_cache(tiny, monkeypatch, t
     assert LocalReader._cache_argument(fake(with_cache, sliding)) is None
 
     monkeypatch.setattr(LocalReader, "_cache_argument", lambda self: None)
-    fallback = LocalReader(str(tiny_causal_lm_dir), device="cpu", progress=False)
+    fallback = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", progress=False)
     assert not fallback.prefix_sharing
     prompts, targets = _shared_prefix_workload()
     assert fallback.loglik(prompts, targets) == pytest.approx(tiny.loglik(prompts, targets), abs=1e-5)
@@ -216,7 +220,7 @@ def test_smollm2_prefix_sharing_agrees_on_a_real_ranking(smollm2, shared_data_di
     prompts += [build_prompt(first.query, [passages[0], passages[3], passages[5]], 60),
                 build_prompt(other.query, other.candidates[:2], 60)]
     targets = [first.answers[0]] * 6 + [other.answers[0]]
-    plain = LocalReader("smollm2-135m", device="cpu", progress=False, prefix_sharing=False)
+    plain = LocalReader("smollm2-135m", device="cpu", dtype="float32", progress=False, prefix_sharing=False)
     assert plain.model is smollm2.model
     smollm2.reset_stats()
     shared = smollm2.loglik(prompts, targets)
@@ -228,7 +232,7 @@ def test_smollm2_prefix_sharing_agrees_on_a_real_ranking(smollm2, shared_data_di
 
 def test_prefix_shared_generate_equals_padded_batches(tiny, tiny_causal_lm_dir):
     # Nested prefixes, shuffled, with duplicates; plus the short prompts of the batching test.
-    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", batch_size=3, max_new_tokens=6,
+    plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", batch_size=3, max_new_tokens=6,
                         progress=False, prefix_sharing=False)
     prompts, _ = _shared_prefix_workload()
     prompts += PROMPTS + [PROMPTS[0]]
@@ -236,8 +240,8 @@ def test_prefix_shared_generate_equals_padded_batches(tiny, tiny_causal_lm_dir):
     assert shared == plain.generate(prompts)  # in input order
     assert shared[-1] == shared[len(prompts) - 1 - len(PROMPTS)]  # the duplicate
     assert tiny.generate([prompts[2]]) == [shared[2]]  # alone: the same answer
-    longer = LocalReader(str(tiny_causal_lm_dir), device="cpu", max_new_tokens=12, progress=False)
-    longer_plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", max_new_tokens=12, progress=False,
+    longer = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", max_new_tokens=12, progress=False)
+    longer_plain = LocalReader(str(tiny_causal_lm_dir), device="cpu", dtype="float32", max_new_tokens=12, progress=False,
                                prefix_sharing=False)
     assert longer.generate(prompts[:6]) == longer_plain.generate(prompts[:6])
 
@@ -248,6 +252,35 @@ def test_smollm2_prefix_shared_generate_agrees_on_real_prompts(smollm2, shared_d
     # k = 1..3 of one ranking (nested prefixes) and another question, as an evaluation asks.
     prompts = [build_prompt(rows[0].query, rows[0].candidates[:k], 40) for k in (3, 1, 2)]
     prompts += [build_prompt(rows[1].query, rows[1].candidates[:2], 40)]
-    plain = LocalReader("smollm2-135m", device="cpu", max_new_tokens=12, progress=False, prefix_sharing=False)
+    plain = LocalReader("smollm2-135m", device="cpu", dtype="float32", max_new_tokens=12, progress=False, prefix_sharing=False)
     assert plain.model is smollm2.model
     assert smollm2.generate(prompts) == plain.generate(prompts)
+
+
+# --------------------------------------------------------------------------- the default dtype
+def test_default_dtype_is_bf16_exactly_where_the_cpu_multiplies_bf16(monkeypatch):
+    from rrpo import models, readers
+
+    monkeypatch.setattr(models, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert readers._resolve_dtype(None, "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert readers._resolve_dtype(None, "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert readers._resolve_dtype(None, "cpu") == torch.float32  # emulated bf16 is slower than fp32
+    assert readers._resolve_dtype(None, "cuda") == torch.bfloat16
+    assert readers._resolve_dtype("float32", "cpu") == torch.float32  # asked for: always honoured
+
+
+@pytest.mark.slow
+def test_smollm2_in_bf16_keeps_the_order_of_the_likelihoods(shared_data_dir):
+    """The bf16 reader (the default on a CPU with native bf16) against fp32 on the
+    reward workload of one question: the same prompts, values within bf16 rounding,
+    and the prefixes' order by likelihood kept."""
+    first, = gold_pair_examples(shared_data_dir / "hotpotqa-distractor.dev.jsonl.gz", 1)
+    prompts = [build_prompt(first.query, first.candidates[:k], 60) for k in range(0, 6)]
+    targets = [first.answers[0]] * len(prompts)
+    exact = LocalReader("smollm2-135m", device="cpu", dtype="float32", progress=False).loglik(prompts, targets)
+    fast = LocalReader("smollm2-135m", device="cpu", dtype="bfloat16", progress=False).loglik(prompts, targets)
+    assert max(abs(a - b) for a, b in zip(exact, fast)) < 0.3
+    pairs = [(i, j) for i in range(len(prompts)) for j in range(i + 1, len(prompts)) if abs(exact[i] - exact[j]) > 0.3]
+    assert pairs and all((exact[i] > exact[j]) == (fast[i] > fast[j]) for i, j in pairs)

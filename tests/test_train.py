@@ -321,7 +321,8 @@ def test_resume_after_a_kill_reaches_the_same_parameters(tiny_cross_encoder_dir,
     [({"group_size": 0}, "group_size"), ({"min_k": 4, "max_k": 2}, "min_k"), ({"reward_mode": "x"}, "reward_mode"),
      ({"baseline": "group", "group_size": 1}, "group_size"), ({"max_step_kl": -0.1}, "max_step_kl"),
      ({"validate_every": 0}, "validate_every"), ({"stop_labels": "best"}, "stop_labels"),
-     ({"stop_lookahead": 0}, "stop_lookahead")],  # fmt: skip
+     ({"stop_lookahead": 0}, "stop_lookahead"), ({"ranking": "best"}, "ranking"), ({"rank_depth": 0}, "rank_depth"),
+     ({"ranking": "greedy", "reward_mode": "terminal"}, "reward_mode")],  # fmt: skip
 )
 def test_bad_config_fails_before_any_work(overrides, field, tmp_path):
     with pytest.raises(ValueError, match=field):
@@ -493,3 +494,57 @@ def test_the_policy_gradient_still_trains_stop_where_the_greedy_ranking_has_no_l
     loss.backward()
     grad = policy.stop_head.out.weight.grad
     assert parts["stop_loss"].item() == 0.0 and grad is not None and grad.abs().sum().item() > 0
+
+
+# ---------------------------------------------------------------- ranking 'greedy'
+def test_greedy_ranking_scores_every_alternative_along_the_greedy_ranking_and_samples_nothing(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    seen = []
+
+    def pays_for_x(*, contexts, **_):
+        seen.extend(tuple(c.id for c in ctx) for ctx in contexts)
+        return [(1.0 if any(c.id == "X" for c in ctx) else 0.0) - 0.1 * len(ctx) for ctx in contexts]
+
+    cfg = config(tmp_path, ranking="greedy", rank_depth=2)
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(3), cfg, reward=pays_for_x)
+    rollouts = trainer.rollout(trainer._next_batch())
+    trainer.rewards(rollouts)
+    trainer.advantages(rollouts)
+    for r in rollouts:
+        assert r.selections == []  # no sampled rankings, so no sampling noise
+        ids = [c.id for c in r.example.candidates]
+        assert [t for t, _ in r.rank_states] == [0, 1]
+        for (t, rest), q in zip(r.rank_states, r.rank_values):
+            prefix = tuple(ids[i] for i in r.full_order[:t])
+            assert sorted(rest) == sorted(set(range(len(ids))) - set(r.full_order[:t]))
+            assert {prefix + (ids[c],) for c in rest} <= set(seen)  # every alternative was scored
+            assert q.mean().item() == pytest.approx(0.0, abs=1e-6)  # centred per state
+            expected = [(1.0 if "X" in prefix + (ids[c],) else 0.0) for c in rest]
+            assert (torch.argsort(q, descending=True)[0].item() == expected.index(max(expected))) or max(expected) == min(expected)
+    loss, parts = trainer.loss(rollouts, [r.live for r in rollouts])
+    assert torch.isfinite(loss) and parts["kl"].item() == pytest.approx(0.0, abs=1e-6)  # still at the reference
+
+
+def test_greedy_ranking_learns_the_paid_passage_first(tiny_cross_encoder_dir, tmp_path):
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    examples = make_examples(6)
+    start = p_first(policy, examples, "X")
+    RRPOTrainer(policy, CountingReader(), examples, config(tmp_path, ranking="greedy", max_steps=15),
+                reward=pays_for_x_first).train()
+    assert p_first(policy, examples, "X") > start + 0.4, start
+
+
+def test_greedy_ranking_leaves_the_ranking_alone_where_the_reader_prefers_no_passage(tiny_cross_encoder_dir, tmp_path):
+    """The exact policy gradient of a state whose alternatives all score the same is 0: a
+    question the reader answers alike from every passage does not pull the ranking toward
+    uniform (a soft-label fit to softmax(Q) would)."""
+    policy = Reranker.from_pretrained(tiny_cross_encoder_dir, device="cpu")
+    trainer = RRPOTrainer(policy, CountingReader(), make_examples(3),
+                          config(tmp_path, ranking="greedy", stop_loss_weight=0.0), reward=flat_reward)
+    rollouts = trainer.rollout(trainer._next_batch())
+    trainer.rewards(rollouts)
+    trainer.advantages(rollouts)
+    loss, _ = trainer.loss(rollouts, [r.live for r in rollouts])
+    loss.backward()
+    grads = [p.grad for p in policy.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(g.abs().max().item() == 0.0 for g in grads)

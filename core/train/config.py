@@ -41,6 +41,8 @@ class RRPOConfig:
     stop_loss_weight: float = _f(1.0, "weight of the STOP objective fitted on per-prefix curves (see stop_labels): stop where stopping beats going on (0 = policy gradient only)")
     stop_labels: str = _f("greedy", "greedy: STOP is fitted on the policy's own greedy ranking (what rerank keeps), stopping at t against the best of the next stop_lookahead greedy prefixes, and the policy gradient trains the ranking only; sampled: on each sample's own continuation, and the policy gradient trains STOP too (biased to stop early: a sampled next pick is worse than the greedy one)")
     stop_lookahead: int = _f(1, "greedy STOP labels: greedy prefixes scored past the policy's current greedy k (reader calls per query: up to greedy k + this + 1, shared with the samples' prefixes)")
+    ranking: str = _f("sampled", "what trains the ranking. sampled: PPO on the G sampled rankings per query (credit from each sample's per-prefix rewards against the group's); greedy: no sampling: at each of the first rank_depth steps of the policy's greedy ranking the reader scores every remaining candidate appended to the greedy prefix, and the ranking takes the exact gradient of the expected reward of that step's pick (no sampling noise; needs a reward that scores any context, not user_rating alone)")
+    rank_depth: int = _f(2, "ranking 'greedy': greedy steps whose every alternative the reader scores (reader calls per query: about rank_depth x candidates, shared with the STOP labels' prefixes)")
     importance_clip: float = _f(1.0, "c: a logged production selection (a rated feedback record) counts min(pi/mu, c) times, pi the rollout policy's and mu the serving policy's probability of it (clipped importance sampling)")
     learning_rate: float = _f(5e-4, "AdamW learning rate of the trained encoder layers (sized for train_top_layers=2; use ~1e-4 for all layers)")
     head_lr: float = _f(5e-3, "AdamW learning rate of a freshly initialised scoring head (a plain encoder's new one-logit head)")
@@ -76,6 +78,10 @@ class RRPOConfig:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         _choice(self, "reward_mode", {"per_prefix", "terminal"})
+        _choice(self, "ranking", {"sampled", "greedy"})
+        _positive(self, "rank_depth")
+        if self.ranking == "greedy" and self.reward_mode != "per_prefix":
+            raise ValueError("ranking 'greedy' scores prefixes of the greedy ranking: it needs reward_mode 'per_prefix'")
         if self.lora and self.train_top_layers:
             raise ValueError("lora and train_top_layers exclude each other: set train_top_layers=0 to train LoRA adapters")
         _choice(self, "baseline", {"reference", "group"})
@@ -170,6 +176,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             base = {int: int, float: float}.get(kind, str)
             group.add_argument(flag, dest=f.name, type=base, default=None, help=text)
+
+
+def parse_overrides(pairs: list[str], cls: type) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as keyword arguments of ``cls``, each value parsed by the
+    same per-field option as the command line's (:func:`add_config_arguments`), so a
+    benchmark's ``--set`` takes what ``rrpo train`` takes; an unknown field is an error."""
+    known = {f.name for f in fields(cls)}
+    argv: list[str] = []
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"{pair!r}: expected FIELD=VALUE with FIELD one of {cls.__name__}'s fields")
+        argv += [FLAG_NAMES.get(name, "--" + name.replace("_", "-")), text]
+    parser = argparse.ArgumentParser(prog="--set", add_help=False)
+    add_config_arguments(parser, cls)
+    return {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

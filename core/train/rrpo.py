@@ -70,6 +70,11 @@ class QueryRollout:
     greedy_order: list[int] = field(default_factory=list)  # the rollout policy's ranking (its greedy picks)
     greedy_curve: list[float | None] = field(default_factory=list)  # Q of its prefixes 0..len-1 (stop_labels 'greedy')
     weights: torch.Tensor | None = None  # (G,) 1 for a sample; min(pi/mu, c) for a logged production selection
+    full_order: list[int] = field(default_factory=list)  # every candidate, by the rollout policy's score
+    # ranking 'greedy': the states along the greedy ranking whose every alternative the
+    # reader scored, as (prefix length t, the remaining candidates), and Q(prefix + c) for each
+    rank_states: list[tuple[int, list[int]]] = field(default_factory=list)
+    rank_values: list[torch.Tensor] = field(default_factory=list)  # per state: Q per candidate (scaled in advantages)
 
 
 class RRPOTrainer:
@@ -256,7 +261,8 @@ class RRPOTrainer:
         for ex, s_live, rs in zip(batch, live, ref_scored):
             s_live = _as_float(s_live)
             s = Scored(s_live.scores.detach(), s_live.hidden.detach())
-            selections = self.policy.sample_scored(s, cfg.group_size, self.generator, top_n=cfg.max_k, min_k=cfg.min_k)
+            selections = ([] if cfg.ranking == "greedy" else
+                          self.policy.sample_scored(s, cfg.group_size, self.generator, top_n=cfg.max_k, min_k=cfg.min_k))
             logged = _logged_selection(ex, s, cfg)
             if logged is not None:
                 selections.append(logged)  # a rated production selection joins its group
@@ -271,7 +277,7 @@ class RRPOTrainer:
             gk = greedy_k(s.scores, s.hidden, self.policy.stop_head, order, min_k=min(cfg.min_k, limit),
                           max_k=cfg.max_k, norm_k=self.policy.settings.max_k)  # fmt: skip
             out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live,
-                                    weights=weights, greedy_order=order[:limit].tolist()))
+                                    weights=weights, greedy_order=order[:limit].tolist(), full_order=order.tolist()))
             if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
                 self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
         return out
@@ -295,16 +301,20 @@ class RRPOTrainer:
         cfg = self.config
         requests: list[tuple[Example, tuple[int, ...]]] = []
         for r in rollouts:
-            if self._reference_curves.get(r.example.id) is None:
+            if self._needs_reference_curve(r):
                 order = self._ref_orders[r.example.id]
                 requests += [(r.example, tuple(order[:t])) for t in range(r.limit + 1)]
+            r.rank_states = self._rank_states(r)
+            requests += [(r.example, tuple(r.full_order[:t]) + (c,)) for t, rest in r.rank_states for c in rest]
             for sel in r.selections:
                 lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
                 requests += [(r.example, tuple(sel.kept[:t])) for t in lengths]
             requests += [(r.example, tuple(r.greedy_order[:t])) for t in range(self._greedy_curve_length(r))]
         values = self._qualities(requests)
         for r in rollouts:
-            if self._reference_curves.get(r.example.id) is None:
+            r.rank_values = [torch.tensor([_nan_if_none(values[(r.example.id, tuple(r.full_order[:t]) + (c,))])
+                                           for c in rest]) for t, rest in r.rank_states]  # fmt: skip
+            if self._needs_reference_curve(r):
                 order = self._ref_orders[r.example.id]
                 self._reference_curves[r.example.id] = [
                     values[(r.example.id, tuple(order[:t]))] for t in range(r.limit + 1)
@@ -314,6 +324,18 @@ class RRPOTrainer:
                 lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
                 r.qualities.append({t: values[(r.example.id, tuple(sel.kept[:t]))] for t in lengths})
             r.greedy_curve = [values[(r.example.id, tuple(r.greedy_order[:t]))] for t in range(self._greedy_curve_length(r))]
+
+    def _needs_reference_curve(self, r: QueryRollout) -> bool:
+        """The reference's greedy curve is the baseline of ``baseline='reference'`` only."""
+        return self.config.baseline == "reference" and self._reference_curves.get(r.example.id) is None
+
+    def _rank_states(self, r: QueryRollout) -> list[tuple[int, list[int]]]:
+        """ranking 'greedy': the first ``rank_depth`` steps of the greedy ranking, each with
+        the candidates that could be picked there (all not in the greedy prefix)."""
+        if self.config.ranking != "greedy":
+            return []
+        depth = min(self.config.rank_depth, r.limit)
+        return [(t, r.full_order[t:]) for t in range(depth) if len(r.full_order) - t > 1]
 
     def _greedy_labels(self) -> bool:
         cfg = self.config
@@ -366,6 +388,20 @@ class RRPOTrainer:
             # would give every step of every sample the same push.
             for r in rollouts:
                 r.advantages = torch.where(r.mask, r.advantages / (sigma + 1e-8), torch.zeros_like(r.advantages))
+        self._rank_advantages(rollouts)
+
+    def _rank_advantages(self, rollouts: list[QueryRollout]) -> None:
+        """ranking 'greedy': each state's Q values centred on their mean and scaled by the
+        batch's standard deviation of those (a state with an unscored candidate is dropped:
+        the exact gradient needs every alternative)."""
+        for r in rollouts:
+            kept = [(state, q) for state, q in zip(r.rank_states, r.rank_values) if not bool(torch.isnan(q).any())]
+            r.rank_states, r.rank_values = [s for s, _ in kept], [q - q.mean() for _, q in kept]
+        values = [q for r in rollouts for q in r.rank_values]
+        centred = torch.cat(values) if values else torch.zeros(0)
+        sigma = common.global_std(centred, self.world)
+        for r in rollouts:
+            r.rank_values = [q / (sigma + 1e-8) if sigma is not None else q * 0.0 for q in r.rank_values]
 
     def _reference_advantages(self, r: QueryRollout) -> None:
         cfg = self.config
@@ -445,7 +481,8 @@ class RRPOTrainer:
         if self.config.reward_mode != "per_prefix" or self.config.stop_loss_weight == 0:
             return None
         if self._greedy_labels():
-            return _greedy_stop_gains(r.greedy_curve, min(self.config.min_k, r.limit), r.limit, r.old_logp[:1])
+            return _greedy_stop_gains(r.greedy_curve, min(self.config.min_k, r.limit), r.limit,
+                                      r.old_logp.new_zeros(1, r.old_logp.shape[1]))
         gains = torch.full_like(r.old_logp, float("nan"))
         for g, (sel, q) in enumerate(zip(r.selections, r.qualities)):
             if any(q.get(t) is None for t in range(sel.k + 1)):
@@ -457,7 +494,7 @@ class RRPOTrainer:
     # ------------------------------------------------------------------ 4./5. loss and step
     def update(self, rollouts: list[QueryRollout]) -> dict[str, float]:
         cfg = self.config
-        live = [r for r in rollouts if bool(r.mask.any())]
+        live = [r for r in rollouts if bool(r.mask.any()) or r.rank_states]
         stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "stop_loss": 0.0}
         if not live and self.world <= 1:
             for r in rollouts:
@@ -562,6 +599,10 @@ class RRPOTrainer:
             log_ratio_ref = r.ref_logp - new
             kl_terms.append(((torch.exp(log_ratio_ref) - log_ratio_ref - 1) * w)[mask])
             clipped.append(((ratio - 1).abs() > cfg.clip_eps)[mask].float())
+            if r.rank_states:  # ranking 'greedy': one exact term per enumerated state
+                objective, divergence = self._rank_terms(r, _as_float(s).scores)
+                pg_terms.append(objective)
+                kl_terms.append(divergence)
             if r.stop_gains is not None:
                 odds = steps.stop_log_odds[G:] if labelled_here else steps.stop_log_odds
                 labelled = ~torch.isnan(r.stop_gains) & torch.isfinite(odds)
@@ -578,8 +619,28 @@ class RRPOTrainer:
         scale = common.global_average(gains.abs(), self.world)
         stop = common.global_mean(stop_objective(logits, gains, scale), self.world)
         loss = pg + cfg.kl_beta * kl + cfg.stop_loss_weight * stop
-        parts = {"kl": kl.detach(), "clip_frac": torch.cat(clipped).mean(), "stop_loss": stop.detach()}
+        clip = torch.cat(clipped)
+        parts = {"kl": kl.detach(), "clip_frac": clip.mean() if clip.numel() else clip.new_zeros(()),
+                 "stop_loss": stop.detach()}
         return loss, parts
+
+    def _rank_terms(self, r: QueryRollout, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ranking 'greedy': per enumerated state, minus the expected (scaled) reward of the
+        pick, sum over c of pi(c) * Q(c), whose gradient is the exact policy gradient of that
+        step (every alternative scored: no sampling noise; a state where the reader prefers
+        no candidate gives no gradient), and the exact KL of the pick distribution to the
+        reference's. pi is the policy's pick distribution given that it goes on (softmax of
+        the remaining candidates' scores; STOP has its own objective)."""
+        reference = self._ref_scored[r.example.id].scores.to(scores.device)
+        objectives, divergences = [], []
+        for (_, rest), q in zip(r.rank_states, r.rank_values):
+            idx = torch.as_tensor(rest, device=scores.device)
+            log_pi = torch.log_softmax(scores[idx], -1)
+            log_ref = torch.log_softmax(reference[idx], -1)
+            pi = log_pi.exp()
+            objectives.append(-(pi * q.to(pi)).sum())
+            divergences.append((pi * (log_pi - log_ref)).sum())
+        return torch.stack(objectives), torch.stack(divergences)
 
     def _idle_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A rank with no usable sample: a zero loss, joining loss()'s four all-reduces
@@ -615,6 +676,12 @@ class RRPOTrainer:
 
         finals, ks, words = [], [], []
         for r in rollouts:
+            if not r.selections:  # ranking 'greedy' draws no samples: report the greedy selection
+                ks.append(r.greedy_k)
+                words.append(context_words([r.example.candidates[i] for i in r.full_order[: r.greedy_k]],
+                                           max_words=self.config.max_words))  # fmt: skip
+                if r.greedy_k < len(r.greedy_curve) and r.greedy_curve[r.greedy_k] is not None:
+                    finals.append(r.greedy_curve[r.greedy_k])
             for sel, q in zip(r.selections, r.qualities):
                 ks.append(sel.k)
                 words.append(context_words(sel.select(r.example.candidates), max_words=self.config.max_words))
@@ -801,6 +868,10 @@ def _greedy_selection(r: QueryRollout) -> Selection:
     STOP log-odds are what the greedy labels fit)."""
     k = max(len(r.greedy_curve) - 1, 0)
     return Selection(order=list(r.greedy_order), k=k, scores=[], stopped=False)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _as_float(s: Scored) -> Scored:
