@@ -280,7 +280,11 @@ def test_smollm2_in_bf16_keeps_the_order_of_the_likelihoods(shared_data_dir):
     prompts = [build_prompt(first.query, first.candidates[:k], 60) for k in range(0, 6)]
     targets = [first.answers[0]] * len(prompts)
     exact = LocalReader("smollm2-135m", device="cpu", dtype="float32", progress=False).loglik(prompts, targets)
-    fast = LocalReader("smollm2-135m", device="cpu", dtype="bfloat16", progress=False).loglik(prompts, targets)
+    bf16 = LocalReader("smollm2-135m", device="cpu", dtype="bfloat16", progress=False)
+    # dense bf16 layers, and no GGUF quantization entry left to warn about "packed" weights
+    assert bf16.model.model.layers[0].mlp.gate_proj.weight.dtype == torch.bfloat16
+    assert getattr(bf16.model.config, "quantization_config", None) is None
+    fast = bf16.loglik(prompts, targets)
     assert max(abs(a - b) for a, b in zip(exact, fast)) < 0.3
     pairs = [(i, j) for i in range(len(prompts)) for j in range(i + 1, len(prompts)) if abs(exact[i] - exact[j]) > 0.3]
     assert pairs and all((exact[i] > exact[j]) == (fast[i] > fast[j]) for i, j in pairs)
