@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         from _results import append_results, command_line
 
         tables = summary + "\n\n" + "\n\n".join(_curve_table(s, r) for s, r in runs.items())
-        append_results(args.results, "Learning: RRPO at its defaults on the generated world", command_line(),
+        title = ("Learning: RRPO at its defaults on the generated world" if not args.set
+                 else f"Learning: RRPO on the generated world with {', '.join(args.set)}")
+        append_results(args.results, title, command_line(),
                        tables, _notes(args, out))  # fmt: skip
     return 0
 
