@@ -15,6 +15,7 @@ just to find a file.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -149,8 +150,9 @@ def best_device(device: str | None = None) -> str:
     return "cpu"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none), read once."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
             for line in handle:
@@ -165,4 +167,3 @@ def cpu_has_bf16_dot() -> bool:
     """True when the CPU multiplies bf16 natively (AVX-512 BF16, AMX): there bf16 matrix
     products run about twice as fast as fp32; elsewhere bf16 is emulated and slower."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-

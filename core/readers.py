@@ -135,31 +135,16 @@ def _load_causal_lm(model: str, device: str, dtype: "torch.dtype", trust_remote_
             raise ImportError("LocalReader needs transformers: pip install rrpo") from exc
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         path = resolved.path
-        model_kwargs = dict(kwargs)
         if resolved.gguf_file:
             path = _dequantized_gguf_dir(Path(resolved.path) / resolved.gguf_file)
-            model_kwargs["config"] = _dense_config(path, kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **model_kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
         lm.to(device).eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         _MODEL_CACHE[key] = (lm, tokenizer)
         return lm, tokenizer
-
-
-def _dense_config(path: Path, kwargs: dict[str, Any]) -> Any:
-    """The dequantised copy's config without the GGUF ``quantization_config`` it inherited:
-    the copy holds dense weights, and the leftover entry makes transformers warn that a
-    bf16 load of "packed" weights computes in fp32 (it does not: the layers are plain
-    bf16 Linear layers)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    if getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config
-    return config
 
 
 def _context_window(model: Any) -> int | None:
@@ -192,7 +177,9 @@ def _dequantized_gguf_dir(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     stat = gguf.stat()
-    target = gguf_cache_root() / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    # "-dense": copies written before the GGUF quantization entry was dropped (below) are
+    # not reused
+    target = gguf_cache_root() / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}-dense"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -200,6 +187,10 @@ def _dequantized_gguf_dir(gguf: Path) -> Path:
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # The weights saved are dense; the GGUF quantization entry the config inherited would
+    # make transformers warn, on a bf16 load, that "packed" weights compute in fp32.
+    if getattr(lm.config, "quantization_config", None) is not None:
+        del lm.config.quantization_config
     lm.config.save_pretrained(tmp)
     lm.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

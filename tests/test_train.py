@@ -513,10 +513,10 @@ def test_greedy_ranking_scores_every_alternative_along_the_greedy_ranking_and_sa
     for r in rollouts:
         assert r.selections == []  # no sampled rankings, so no sampling noise
         ids = [c.id for c in r.example.candidates]
-        assert [t for t, _ in r.rank_states] == [0, 1]
-        for (t, rest), q in zip(r.rank_states, r.rank_values):
-            prefix = tuple(ids[i] for i in r.full_order[:t])
-            assert sorted(rest) == sorted(set(range(len(ids))) - set(r.full_order[:t]))
+        assert [greedy for greedy, _ in r.rank_states] == [(), tuple(r.order[:1])]  # greedy steps 0 and 1
+        for (greedy, rest), q in zip(r.rank_states, r.rank_values):
+            prefix = tuple(ids[i] for i in greedy)
+            assert sorted(rest) == sorted(set(range(len(ids))) - set(greedy))
             assert {prefix + (ids[c],) for c in rest} <= set(seen)  # every alternative was scored
             assert q.mean().item() == pytest.approx(0.0, abs=1e-6)  # centred per state
             expected = [(1.0 if "X" in prefix + (ids[c],) else 0.0) for c in rest]

@@ -67,14 +67,18 @@ class QueryRollout:
     greedy_k: int = 0
     live: Scored | None = None  # the rollout's forward, with its graph: the first PPO epoch reuses it
     stop_gains: torch.Tensor | None = None  # (rows, L) what stopping at t would have gained over going on; nan = no label
-    greedy_order: list[int] = field(default_factory=list)  # the rollout policy's ranking (its greedy picks)
+    order: list[int] = field(default_factory=list)  # every candidate, by the rollout policy's score
     greedy_curve: list[float | None] = field(default_factory=list)  # Q of its prefixes 0..len-1 (stop_labels 'greedy')
     weights: torch.Tensor | None = None  # (G,) 1 for a sample; min(pi/mu, c) for a logged production selection
-    full_order: list[int] = field(default_factory=list)  # every candidate, by the rollout policy's score
     # ranking 'greedy': the states along the greedy ranking whose every alternative the
-    # reader scored, as (prefix length t, the remaining candidates), and Q(prefix + c) for each
-    rank_states: list[tuple[int, list[int]]] = field(default_factory=list)
+    # reader scores, as (the greedy prefix, the remaining candidates), and Q(prefix + c) for each
+    rank_states: list[tuple[tuple[int, ...], list[int]]] = field(default_factory=list)
     rank_values: list[torch.Tensor] = field(default_factory=list)  # per state: Q per candidate (scaled in advantages)
+
+    @property
+    def greedy_order(self) -> list[int]:
+        """The rollout policy's greedy picks (its ranking, cut at the selection limit)."""
+        return self.order[: self.limit]
 
 
 class RRPOTrainer:
@@ -276,8 +280,10 @@ class RRPOTrainer:
             order = torch.argsort(s.scores, descending=True, stable=True)
             gk = greedy_k(s.scores, s.hidden, self.policy.stop_head, order, min_k=min(cfg.min_k, limit),
                           max_k=cfg.max_k, norm_k=self.policy.settings.max_k)  # fmt: skip
-            out.append(QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live,
-                                    weights=weights, greedy_order=order[:limit].tolist(), full_order=order.tolist()))
+            rollout = QueryRollout(ex, selections, limit, old.values, ref.values, old.mask, greedy_k=gk, live=s_live,
+                                   weights=weights, order=order.tolist())  # fmt: skip
+            rollout.rank_states = self._rank_states(rollout)
+            out.append(rollout)
             if ex.id not in self._ref_orders:  # the reference is frozen: its order never changes
                 self._ref_orders[ex.id] = torch.argsort(rs.scores, descending=True, stable=True).tolist()
         return out
@@ -304,16 +310,15 @@ class RRPOTrainer:
             if self._needs_reference_curve(r):
                 order = self._ref_orders[r.example.id]
                 requests += [(r.example, tuple(order[:t])) for t in range(r.limit + 1)]
-            r.rank_states = self._rank_states(r)
-            requests += [(r.example, tuple(r.full_order[:t]) + (c,)) for t, rest in r.rank_states for c in rest]
+            requests += [(r.example, prefix + (c,)) for prefix, rest in r.rank_states for c in rest]
             for sel in r.selections:
                 lengths = range(0, sel.k + 1) if cfg.reward_mode == "per_prefix" else [sel.k]
                 requests += [(r.example, tuple(sel.kept[:t])) for t in lengths]
             requests += [(r.example, tuple(r.greedy_order[:t])) for t in range(self._greedy_curve_length(r))]
         values = self._qualities(requests)
         for r in rollouts:
-            r.rank_values = [torch.tensor([_nan_if_none(values[(r.example.id, tuple(r.full_order[:t]) + (c,))])
-                                           for c in rest]) for t, rest in r.rank_states]  # fmt: skip
+            r.rank_values = [torch.tensor([_nan_if_none(values[(r.example.id, prefix + (c,))]) for c in rest])
+                             for prefix, rest in r.rank_states]  # fmt: skip
             if self._needs_reference_curve(r):
                 order = self._ref_orders[r.example.id]
                 self._reference_curves[r.example.id] = [
@@ -329,13 +334,13 @@ class RRPOTrainer:
         """The reference's greedy curve is the baseline of ``baseline='reference'`` only."""
         return self.config.baseline == "reference" and self._reference_curves.get(r.example.id) is None
 
-    def _rank_states(self, r: QueryRollout) -> list[tuple[int, list[int]]]:
-        """ranking 'greedy': the first ``rank_depth`` steps of the greedy ranking, each with
-        the candidates that could be picked there (all not in the greedy prefix)."""
+    def _rank_states(self, r: QueryRollout) -> list[tuple[tuple[int, ...], list[int]]]:
+        """ranking 'greedy': the first ``rank_depth`` steps of the greedy ranking, each as its
+        greedy prefix and the candidates that could be picked there (all the others)."""
         if self.config.ranking != "greedy":
             return []
         depth = min(self.config.rank_depth, r.limit)
-        return [(t, r.full_order[t:]) for t in range(depth) if len(r.full_order) - t > 1]
+        return [(tuple(r.order[:t]), r.order[t:]) for t in range(depth) if len(r.order) - t > 1]
 
     def _greedy_labels(self) -> bool:
         cfg = self.config
@@ -678,7 +683,7 @@ class RRPOTrainer:
         for r in rollouts:
             if not r.selections:  # ranking 'greedy' draws no samples: report the greedy selection
                 ks.append(r.greedy_k)
-                words.append(context_words([r.example.candidates[i] for i in r.full_order[: r.greedy_k]],
+                words.append(context_words([r.example.candidates[i] for i in r.order[: r.greedy_k]],
                                            max_words=self.config.max_words))  # fmt: skip
                 if r.greedy_k < len(r.greedy_curve) and r.greedy_curve[r.greedy_k] is not None:
                     finals.append(r.greedy_curve[r.greedy_k])
